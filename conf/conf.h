@@ -1,0 +1,139 @@
+/*
+ * conf — carteiro's configuration: embedded defaults, the INI file (inih),
+ * validation with FILE:LINE errors, and the effective configuration printed
+ * back (`carteiro config show`).
+ *
+ * Every key lives in one table in conf.c with its type, default and one-line
+ * documentation; conf/carteiro.conf is the same information for humans, and a
+ * unit test checks that both agree. A struct cf is plain data owned by the
+ * caller: cf_init() fills the defaults, cf_load() overlays a file, cf_free()
+ * releases it. Loading into a fresh struct and swapping on success is how a
+ * reload keeps the old settings when the new file is bad.
+ */
+#ifndef CARTEIRO_CONF_H
+#define CARTEIRO_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/buf.h"
+
+enum cf_tls { CF_TLS_NONE, CF_TLS_OPPORTUNISTIC, CF_TLS_REQUIRED, CF_TLS_VERIFY };
+enum cf_sync { CF_SYNC_FULL, CF_SYNC_GROUP, CF_SYNC_NONE };
+
+#define CF_RETRY_MAX 32
+
+/* A static next hop: `[route] DOMAIN = HOST:PORT`; "*" is the smarthost. */
+struct cf_route {
+	char *domain;   /* lowercase domain or "*" */
+	char *host;     /* host name or IP literal (IPv6 without brackets) */
+	uint16_t port;
+};
+
+/*
+ * Limits of a `[site NAME]` (matched by MX host patterns) or a
+ * `[domain NAME]` override. A zero value means "not set here".
+ */
+struct cf_site {
+	char *name;
+	bool is_domain;          /* [domain NAME] rather than [site NAME] */
+	char **mx;               /* MX host patterns ("*.google.com"), sites only */
+	size_t nmx;
+	unsigned max_connections;
+	unsigned max_messages_per_connection;
+	int tls;                 /* enum cf_tls, or -1 when not set */
+};
+
+struct cf {
+	char *file;              /* the file loaded, NULL for embedded defaults */
+
+	/* [engine] */
+	char *hostname;
+	char *spool;
+	char *socket;
+	char *event_log;
+	char *log_level;
+	unsigned render_threads; /* 0 = one per core */
+	char *bounce_domain;     /* VERP return-path domain; "" = the From domain */
+
+	/* [queue] */
+	int sync;                /* enum cf_sync */
+	uint64_t group_window_ms;
+	uint64_t map_size;       /* bytes */
+	unsigned max_active;     /* messages held in memory for delivery */
+	unsigned render_ahead;   /* rendered, undelivered messages per campaign */
+
+	/* [dns] */
+	char *dns_servers;       /* "" = /etc/resolv.conf */
+	uint64_t dns_timeout_ms;
+	unsigned dns_tries;
+
+	/* [smtp] */
+	int tls;                 /* enum cf_tls */
+	char *ca_file;
+	char *helo_name;         /* "" = hostname */
+	unsigned max_connections;           /* engine-wide */
+	unsigned site_max_connections;      /* default per site */
+	unsigned max_messages_per_connection;
+	uint64_t connect_timeout_ms;
+	uint64_t greeting_timeout_ms;
+	uint64_t command_timeout_ms;        /* EHLO, MAIL, RCPT, RSET, QUIT */
+	uint64_t data_init_timeout_ms;
+	uint64_t data_block_timeout_ms;
+	uint64_t data_term_timeout_ms;
+	uint64_t idle_timeout_ms;
+
+	/* [retry] */
+	uint64_t retry[CF_RETRY_MAX];       /* ms, the last one repeats */
+	size_t nretry;
+	unsigned retry_jitter_pct;
+	uint64_t max_age_ms;
+
+	/* [dkim] */
+	char *dkim_domain;
+	char *dkim_selector;
+	char *dkim_key;
+	char *dkim_selector2;
+	char *dkim_key2;
+
+	/* [route] */
+	struct cf_route *routes;
+	size_t nroutes;
+
+	/* [site NAME] and [domain NAME] */
+	struct cf_site *sites;
+	size_t nsites;
+};
+
+/* Fill `c` with the embedded defaults (never fails). */
+void cf_init(struct cf *c);
+/*
+ * Overlay the INI file at `path`. On error returns -1 and writes
+ * "FILE:LINE: what is wrong" into err; `c` must then be cf_free()d.
+ */
+int cf_load(struct cf *c, const char *path, char *err, size_t errlen);
+/* Checks that need the whole file (e.g. dkim keys named but no domain). */
+int cf_validate(const struct cf *c, char *err, size_t errlen);
+void cf_free(struct cf *c);
+
+/* The effective configuration as an INI document. */
+void cf_show(const struct cf *c, buf_t *out);
+
+/* Static route for a domain (exact match, then "*"), or NULL. */
+const struct cf_route *cf_route_find(const struct cf *c, const char *domain);
+
+/* Parsers shared with the rest of the engine (and tested on their own). */
+int cf_parse_duration(const char *s, uint64_t *ms);   /* "30s", "5m", "4d", "250ms" */
+int cf_parse_size(const char *s, uint64_t *bytes);    /* "512M", "1G", "4096" */
+int cf_parse_hostport(const char *s, char **host, uint16_t *port); /* "h:25", "[::1]:25" */
+void cf_format_duration(uint64_t ms, buf_t *out);
+
+/* The key table, for documentation checks: name, its section and default. */
+size_t cf_key_count(void);
+const char *cf_key_name(size_t i, const char **section, const char **def);
+
+const char *cf_tls_name(int tls);
+const char *cf_sync_name(int sync);
+
+#endif
