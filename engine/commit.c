@@ -1,0 +1,427 @@
+/*
+ * commit — the group committer; see commit.h.
+ *
+ * Threading: producers (the loop thread) append to `in` under `mu` and
+ * signal `cv`. The committer thread takes the whole list at once after the
+ * window has passed, applies it, and appends the result to `out`; an
+ * ev_async wakes the loop, whose callback takes `out` and runs the done
+ * callbacks. Jobs follow the same path through their own lists.
+ */
+#include "engine/commit.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+
+struct jobnode {
+	struct jobnode *next;
+	struct cm_job job;
+	int rc;
+	char err[256];
+};
+
+struct batch {
+	struct batch *next;
+	struct cm_outcome *list;
+	struct cm_touched *touched;
+	size_t ntouched;
+};
+
+struct cm {
+	q_env *q;
+	evlog *ev;
+	struct ev_loop *loop;
+	uint64_t window_ms;
+	bool full;                   /* sync = full: one outcome per txn */
+	struct cm_ops ops;
+	void *arg;
+
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stop;
+	struct cm_outcome *in, **in_tail;
+	struct jobnode *jobs_in, **jobs_tail;
+	/* results for the loop */
+	struct batch *out, **out_tail;
+	struct jobnode *jobs_out, **jobs_out_tail;
+	ev_async wake;
+
+	_Atomic uint64_t committed, txns;
+};
+
+struct cm_outcome *cm_outcome_new(void)
+{
+	struct cm_outcome *o = mem_calloc(1, sizeof *o);
+	return o;
+}
+
+void cm_outcome_free(struct cm_outcome *o)
+{
+	if (!o)
+		return;
+	buf_free(&o->event);
+	free(o);
+}
+
+uint64_t cm_committed(const cm *c) { return atomic_load(&c->committed); }
+uint64_t cm_transactions(const cm *c) { return atomic_load(&c->txns); }
+
+/* ---- committer thread ---- */
+
+static uint64_t *counter_for(struct q_counters *c, uint8_t state)
+{
+	switch (state) {
+	case Q_DELIVERED: return &c->delivered;
+	case Q_BOUNCED: return &c->bounced;
+	case Q_EXPIRED: return &c->expired;
+	case Q_SUPPRESSED: return &c->suppressed;
+	case Q_FAILED: return &c->failed;
+	case Q_CANCELLED: return &c->cancelled;
+	default: return &c->deferrals;
+	}
+}
+
+static struct cm_touched *touch(struct cm_touched **t, size_t *n,
+	size_t *cap, uint32_t cid)
+{
+	for (size_t i = 0; i < *n; i++)
+		if ((*t)[i].cid == cid)
+			return &(*t)[i];
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 8;
+		*t = mem_realloc(*t, *cap * sizeof **t);
+	}
+	struct cm_touched *x = &(*t)[(*n)++];
+	memset(x, 0, sizeof *x);
+	x->cid = cid;
+	return x;
+}
+
+static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
+	char *err, size_t errlen)
+{
+	struct q_msg m;
+	int rc = q_msg_get(t, o->id, &m);
+	if (rc < 0) {
+		snprintf(err, errlen, "reading message %016llx",
+			(unsigned long long)o->id);
+		return -1;
+	}
+	if (rc == 0)
+		return 0;   /* purged meanwhile (campaign deleted): nothing to do */
+	if (m.state != Q_QUEUED && m.state != Q_PAUSED) {
+		/* Cancelled or deleted while in flight. A delivery still counts
+		 * as a delivery: the recipient has it. */
+		if (o->state == Q_DELIVERED && m.state == Q_CANCELLED) {
+			d->cancelled--;
+			d->delivered++;
+			m.state = Q_DELIVERED;
+			snprintf(m.reply, sizeof m.reply, "%s", o->reply);
+			return q_msg_put(t, o->id, &m, err, errlen);
+		}
+		return 0;
+	}
+	if ((rc = q_due_del(t, &o->due, err, errlen)) != 0)
+		return rc;
+	m.attempts = o->attempts;
+	m.last_ms = o->now_ms;
+	snprintf(m.reply, sizeof m.reply, "%s", o->reply);
+	(*counter_for(d, o->state))++;
+	if (o->state == Q_QUEUED) {
+		struct q_due nd = o->due;
+		nd.due_ms = o->new_due;
+		m.due_ms = o->new_due;
+		if ((rc = q_due_put(t, &nd, err, errlen)) != 0)
+			return rc;
+	} else {
+		m.state = o->state;
+		if ((rc = q_body_del(t, o->id, err, errlen)) != 0)
+			return rc;
+	}
+	if (o->suppress && o->rcpt[0]) {
+		buf_t j = BUF_INIT;
+		buf_printf(&j, "{\"reason\":");
+		evlog_json_str(&j, o->reply);
+		buf_printf(&j, ",\"ts\":%llu,\"campaign\":%u,\"msg\":\"%016llx\"}",
+			(unsigned long long)(o->now_ms / 1000), q_id_cid(o->id),
+			(unsigned long long)o->id);
+		rc = q_suppress_put(t, o->rcpt, buf_cstr(&j), err, errlen);
+		buf_free(&j);
+		if (rc)
+			return rc;
+	}
+	return q_msg_put(t, o->id, &m, err, errlen);
+}
+
+/* Apply `list` in one transaction; on Q_EFULL grow and retry. */
+static int apply_batch(cm *c, struct cm_outcome *list,
+	struct cm_touched **touched, size_t *ntouched, char *err,
+	size_t errlen)
+{
+	for (int attempt = 0; attempt < 8; attempt++) {
+		size_t cap = 0;
+		q_txn *t;
+		*ntouched = 0;
+		free(*touched);
+		*touched = NULL;
+		int rc = q_begin(c->q, true, &t, err, errlen);
+		for (struct cm_outcome *o = list; rc == 0 && o; o = o->next) {
+			struct cm_touched *x = touch(touched, ntouched, &cap,
+				q_id_cid(o->id));
+			rc = apply_one(t, o, &x->c, err, errlen);
+		}
+		/* Apply the deltas, then read back the totals for the loop. */
+		for (size_t i = 0; rc == 0 && i < *ntouched; i++) {
+			struct cm_touched *x = &(*touched)[i];
+			rc = q_counters_add(t, x->cid, &x->c, err, errlen);
+			if (rc == 0 && q_counters_get(t, x->cid, &x->c) < 0)
+				rc = -1;
+		}
+		if (rc == 0) {
+			rc = q_commit(t, err, errlen);
+			t = NULL;
+		}
+		if (t)
+			q_abort(t);
+		if (rc == Q_EFULL) {
+			if (q_grow(c->q, err, errlen) == 0)
+				continue;
+			return -1;
+		}
+		if (rc == 0)
+			atomic_fetch_add(&c->txns, 1);
+		return rc;
+	}
+	return -1;
+}
+
+static void run_job(cm *c, struct jobnode *j)
+{
+	buf_t events = BUF_INIT;
+	for (int attempt = 0; attempt < 8; attempt++) {
+		q_txn *t;
+		buf_reset(&events);
+		j->err[0] = 0;
+		int rc = q_begin(c->q, true, &t, j->err, sizeof j->err);
+		if (rc == 0) {
+			rc = j->job.apply(t, j->job.arg, &events, j->err,
+				sizeof j->err);
+			if (rc == 0)
+				rc = q_commit(t, j->err, sizeof j->err);
+			else
+				q_abort(t);
+		}
+		if (rc == Q_EFULL && q_grow(c->q, j->err, sizeof j->err) == 0)
+			continue;
+		j->rc = rc;
+		if (rc == 0 && events.len)
+			evlog_write(c->ev, events.p, events.len);
+		break;
+	}
+	buf_free(&events);
+}
+
+static void deliver(cm *c, struct batch *b, struct jobnode *jobs)
+{
+	pthread_mutex_lock(&c->mu);
+	if (b) {
+		*c->out_tail = b;
+		c->out_tail = &b->next;
+	}
+	for (struct jobnode *j = jobs, *n; j; j = n) {
+		n = j->next;
+		j->next = NULL;
+		*c->jobs_out_tail = j;
+		c->jobs_out_tail = &j->next;
+	}
+	pthread_mutex_unlock(&c->mu);
+	ev_async_send(c->loop, &c->wake);
+}
+
+static void process(cm *c, struct cm_outcome *list)
+{
+	char err[256] = "";
+	struct batch *b = mem_calloc(1, sizeof *b);
+	b->list = list;
+	int rc = apply_batch(c, list, &b->touched, &b->ntouched, err,
+		sizeof err);
+	if (rc != 0) {
+		/* The messages stay due in the queue and will be tried again:
+		 * at-least-once, never lost. */
+		log_err("commit: %s; the batch's outcomes are not recorded and "
+			"its messages will be retried", err);
+		b->ntouched = 0;
+	} else {
+		buf_t lines = BUF_INIT;
+		uint64_t n = 0;
+		for (struct cm_outcome *o = list; o; o = o->next, n++) {
+			o->committed = true;
+			buf_add(&lines, o->event.p, o->event.len);
+		}
+		if (lines.len)
+			evlog_write(c->ev, lines.p, lines.len);
+		buf_free(&lines);
+		atomic_fetch_add(&c->committed, n);
+	}
+	deliver(c, b, NULL);
+}
+
+static void *cm_main(void *arg)
+{
+	cm *c = arg;
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		while (!c->in && !c->jobs_in && !c->stop)
+			pthread_cond_wait(&c->cv, &c->mu);
+		if (!c->in && !c->jobs_in && c->stop)
+			break;
+		if (c->in && c->window_ms && !c->stop) {
+			/* Let the group fill for one window. */
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t ns = (uint64_t)ts.tv_nsec + c->window_ms * 1000000;
+			ts.tv_sec += (time_t)(ns / 1000000000);
+			ts.tv_nsec = (long)(ns % 1000000000);
+			while (!c->stop && pthread_cond_timedwait(&c->cv, &c->mu,
+			    &ts) == 0)
+				;
+		}
+		struct cm_outcome *list = c->in;
+		struct jobnode *jobs = c->jobs_in;
+		if (c->full && list) {
+			/* sync = full: one outcome per transaction. */
+			c->in = list->next;
+			list->next = NULL;
+			if (!c->in)
+				c->in_tail = &c->in;
+		} else {
+			c->in = NULL;
+			c->in_tail = &c->in;
+		}
+		c->jobs_in = NULL;
+		c->jobs_tail = &c->jobs_in;
+		pthread_mutex_unlock(&c->mu);
+
+		if (list)
+			process(c, list);
+		for (struct jobnode *j = jobs; j; j = j->next)
+			run_job(c, j);
+		if (jobs)
+			deliver(c, NULL, jobs);
+		pthread_mutex_lock(&c->mu);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* ---- loop side ---- */
+
+static void drain(cm *c)
+{
+	pthread_mutex_lock(&c->mu);
+	struct batch *b = c->out;
+	struct jobnode *j = c->jobs_out;
+	c->out = NULL;
+	c->out_tail = &c->out;
+	c->jobs_out = NULL;
+	c->jobs_out_tail = &c->jobs_out;
+	pthread_mutex_unlock(&c->mu);
+
+	while (b) {
+		struct batch *n = b->next;
+		c->ops.done(c->arg, b->list, b->touched, b->ntouched);
+		free(b->touched);
+		free(b);
+		b = n;
+	}
+	while (j) {
+		struct jobnode *n = j->next;
+		if (j->job.after)
+			j->job.after(j->job.arg, j->rc, j->err);
+		free(j);
+		j = n;
+	}
+}
+
+static void wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	drain(w->data);
+}
+
+cm *cm_new(q_env *q, evlog *ev, struct ev_loop *loop, uint64_t window_ms,
+	const struct cm_ops *ops, void *arg, char *err, size_t errlen)
+{
+	cm *c = mem_calloc(1, sizeof *c);
+	c->q = q;
+	c->ev = ev;
+	c->loop = loop;
+	c->full = q_sync_mode(q) == Q_SYNC_FULL;
+	c->window_ms = c->full ? 0 : window_ms;
+	c->ops = *ops;
+	c->arg = arg;
+	c->in_tail = &c->in;
+	c->jobs_tail = &c->jobs_in;
+	c->out_tail = &c->out;
+	c->jobs_out_tail = &c->jobs_out;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	ev_async_init(&c->wake, wake_cb);
+	c->wake.data = c;
+	ev_async_start(loop, &c->wake);
+	ev_unref(loop);   /* the committer alone does not keep the loop alive */
+	if (pthread_create(&c->th, NULL, cm_main, c) != 0) {
+		snprintf(err, errlen, "commit: cannot start thread");
+		ev_ref(loop);
+		ev_async_stop(loop, &c->wake);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void cm_push(cm *c, struct cm_outcome *o)
+{
+	o->next = NULL;
+	pthread_mutex_lock(&c->mu);
+	*c->in_tail = o;
+	c->in_tail = &o->next;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cm_job(cm *c, const struct cm_job *job)
+{
+	struct jobnode *j = mem_calloc(1, sizeof *j);
+	j->job = *job;
+	pthread_mutex_lock(&c->mu);
+	*c->jobs_tail = j;
+	c->jobs_tail = &j->next;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cm_free(cm *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->mu);
+	c->stop = true;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->th, NULL);
+	drain(c);
+	ev_ref(c->loop);
+	ev_async_stop(c->loop, &c->wake);
+	pthread_mutex_destroy(&c->mu);
+	pthread_cond_destroy(&c->cv);
+	free(c);
+}
