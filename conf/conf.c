@@ -749,6 +749,9 @@ read_file(const char *path, char *err, size_t errlen)
 	return buf_steal(&b, NULL);
 }
 
+static int load_text(struct cf *c, const char *path, char *text, char *err,
+    size_t errlen);
+
 int
 cf_load(struct cf *c, const char *path, char *err, size_t errlen)
 {
@@ -757,7 +760,30 @@ cf_load(struct cf *c, const char *path, char *err, size_t errlen)
 		return -1;
 	free(c->file);
 	c->file = mem_strdup(path);
+	return load_text(c, path, text, err, errlen);
+}
 
+int
+cf_override(struct cf *c, const char *assignment, char *err, size_t errlen)
+{
+	const char *eq = strchr(assignment, '=');
+	const char *dot = eq ? memchr(assignment, '.', (size_t)(eq - assignment)) : NULL;
+	if (dot == NULL || dot == assignment || strchr(assignment, '\n')) {
+		snprintf(err, errlen, "-o %s: expected SECTION.KEY=VALUE, e.g. "
+		    "smtp.tls=none or route.*=127.0.0.1:2525", assignment);
+		return -1;
+	}
+	buf_t b = BUF_INIT;
+	buf_printf(&b, "[%.*s]\n%.*s = %s\n", (int)(dot - assignment), assignment,
+	    (int)(eq - dot - 1), dot + 1, eq + 1);
+	char *text = buf_steal(&b, NULL);
+	return load_text(c, "-o", text, err, errlen);
+}
+
+/* Parse `text` (consumed) as an INI document named `path` into c. */
+static int
+load_text(struct cf *c, const char *path, char *text, char *err, size_t errlen)
+{
 	struct load_ctx x = { .c = c };
 	unsigned bad = prescan(text, &x);
 	if (bad == 0) {

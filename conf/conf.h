@@ -113,6 +113,12 @@ void cf_init(struct cf *c);
  * "FILE:LINE: what is wrong" into err; `c` must then be cf_free()d.
  */
 int cf_load(struct cf *c, const char *path, char *err, size_t errlen);
+/*
+ * One command-line override, "SECTION.KEY=VALUE" (`carteiro serve -o
+ * smtp.tls=none -o 'route.*=127.0.0.1:2525'`), validated like a file line;
+ * errors are reported as "-o:2: ...".
+ */
+int cf_override(struct cf *c, const char *assignment, char *err, size_t errlen);
 /* Checks that need the whole file (e.g. dkim keys named but no domain). */
 int cf_validate(const struct cf *c, char *err, size_t errlen);
 void cf_free(struct cf *c);

@@ -519,6 +519,13 @@ int q_contact_del(q_txn *t, uint32_t cid, uint32_t idx, char *err,
 	return del(t, T_CONTACTS, k, 8, err, errlen);
 }
 
+int q_contact_clear(q_txn *t, uint32_t cid, char *err, size_t errlen)
+{
+	int n = range(t, T_CONTACTS, false, cid, NULL, 0, true, 0, NULL, NULL,
+		err, errlen);
+	return n < 0 ? n : 0;
+}
+
 struct contact_scan {
 	int (*cb)(void *, uint32_t, const void *, size_t);
 	void *arg;

@@ -112,6 +112,8 @@ int q_contact_put(q_txn *t, uint32_t cid, uint32_t idx, const void *p,
 	size_t len, char *err, size_t errlen);
 int q_contact_del(q_txn *t, uint32_t cid, uint32_t idx, char *err,
 	size_t errlen);
+/* Delete every waiting contact of cid (campaign cancelled). */
+int q_contact_clear(q_txn *t, uint32_t cid, char *err, size_t errlen);
 /* Up to `max` contacts of `cid` with idx >= from, in order; cb returns
  * non-zero to stop. Returns the number visited or -1. */
 int q_contact_scan(q_txn *t, uint32_t cid, uint32_t from, unsigned max,

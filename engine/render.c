@@ -1,0 +1,475 @@
+/*
+ * render — the render pool; see render.h. rd_render() (one contact to one
+ * message) is in message.c's half of this file below the pool.
+ *
+ * Pool state (jobs, claims, budgets) is guarded by one mutex; workers hold
+ * it only to claim a range or to update counts, never while rendering or
+ * writing. Notifications to the loop go through `done` + an ev_async.
+ */
+#include "engine/render.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+
+struct job {
+	struct camp *camp;
+	uint32_t cid;
+	uint32_t total;
+	uint32_t next;           /* next index to claim */
+	unsigned busy;           /* batches in progress */
+	uint64_t rendered;       /* rendered messages (committed) */
+	uint64_t final;          /* from the committer */
+	bool paused;
+	bool removed;
+	struct job *next_job;
+};
+
+struct note {
+	uint32_t cid;
+	unsigned n;
+	bool done;
+	struct note *next;
+};
+
+struct rd_pool {
+	q_env *q;
+	evlog *ev;
+	struct ev_loop *loop;
+	struct rd_env env;
+	struct rd_ops ops;
+	void *arg;
+	unsigned batch;
+	uint64_t ahead;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;       /* work may be available */
+	pthread_cond_t idle;     /* a batch finished (rd_remove waits) */
+	bool stop;
+	struct job *jobs;
+	struct job *rr;          /* round-robin position */
+	pthread_t *th;
+	unsigned nth;
+
+	struct note *notes, **notes_tail;
+	ev_async wake;
+	_Atomic uint64_t total_rendered;
+};
+
+/* ---- loop side ---- */
+
+static void wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	rd_pool *p = w->data;
+	(void)loop;
+	(void)revents;
+	pthread_mutex_lock(&p->mu);
+	struct note *n = p->notes;
+	p->notes = NULL;
+	p->notes_tail = &p->notes;
+	pthread_mutex_unlock(&p->mu);
+	while (n) {
+		struct note *next = n->next;
+		p->ops.rendered(p->arg, n->cid, n->n, n->done);
+		free(n);
+		n = next;
+	}
+}
+
+static void notify(rd_pool *p, uint32_t cid, unsigned n, bool done)
+{
+	struct note *x = mem_calloc(1, sizeof *x);
+	x->cid = cid;
+	x->n = n;
+	x->done = done;
+	pthread_mutex_lock(&p->mu);
+	*p->notes_tail = x;
+	p->notes_tail = &x->next;
+	pthread_mutex_unlock(&p->mu);
+	ev_async_send(p->loop, &p->wake);
+}
+
+/* ---- worker ---- */
+
+struct item {
+	uint32_t idx;
+	char *contact;
+	size_t len;
+};
+
+struct collect {
+	struct item *items;
+	size_t n;
+	uint32_t end;
+};
+
+static int collect_cb(void *arg, uint32_t idx, const void *p, size_t len)
+{
+	struct collect *c = arg;
+	if (idx >= c->end)
+		return 1;
+	c->items[c->n].idx = idx;
+	c->items[c->n].contact = mem_memdup(p, len);
+	c->items[c->n].len = len;
+	c->n++;
+	return 0;
+}
+
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A rendered (or failed) contact, ready to be written. */
+struct out {
+	uint32_t idx;
+	struct rd_msg m;
+	buf_t body;
+	uint8_t state;           /* Q_QUEUED, Q_FAILED, Q_SUPPRESSED */
+	char reason[256];
+};
+
+static int write_batch(rd_pool *p, struct job *j, struct out *o, size_t n,
+	buf_t *events, unsigned *queued, char *err, size_t errlen)
+{
+	uint64_t now = wall_ms();
+	uint64_t due = j->camp->send_at_ms > now ? j->camp->send_at_ms : now;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	double tsd = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+
+	for (int attempt = 0; attempt < 16; attempt++) {
+		q_txn *t;
+		struct q_counters d = { 0 };
+		buf_reset(events);
+		*queued = 0;
+		int rc = q_begin(p->q, true, &t, err, errlen);
+		for (size_t i = 0; rc == 0 && i < n; i++) {
+			uint64_t id = q_id(j->cid, o[i].idx);
+			struct q_msg m = { 0 };
+			const char *sj;
+			size_t sl;
+			if (o[i].state == Q_QUEUED && o[i].m.rcpt[0] &&
+			    q_suppress_get(t, o[i].m.rcpt, &sj, &sl) == 1) {
+				o[i].state = Q_SUPPRESSED;
+				snprintf(o[i].reason, sizeof o[i].reason,
+					"address is on the suppression list");
+			}
+			m.state = o[i].state;
+			m.flags = o[i].m.flags;
+			m.created_ms = now;
+			m.due_ms = due;
+			snprintf(m.rcpt, sizeof m.rcpt, "%s", o[i].m.rcpt);
+			snprintf(m.reply, sizeof m.reply, "%s", o[i].reason);
+			if (o[i].state == Q_QUEUED) {
+				struct q_due qd = { j->cid, due, o[i].idx, 0 };
+				m.body_len = (uint32_t)o[i].body.len;
+				rc = q_body_put(t, id, o[i].body.p, o[i].body.len, err,
+					errlen);
+				if (rc == 0)
+					rc = q_due_put(t, &qd, err, errlen);
+				(*queued)++;
+			} else {
+				struct evlog_event ev = { .event = o[i].state ==
+					Q_SUPPRESSED ? "suppressed" : "failed",
+					.campaign = j->cid, .msg = id, .rcpt = m.rcpt,
+					.reply = o[i].reason, .ms = -1 };
+				evlog_format(events, tsd, &ev);
+				if (o[i].state == Q_SUPPRESSED)
+					d.suppressed++;
+				else
+					d.failed++;
+			}
+			if (rc == 0)
+				rc = q_msg_put(t, id, &m, err, errlen);
+			if (rc == 0)
+				rc = q_contact_del(t, j->cid, o[i].idx, err, errlen);
+			d.rendered++;
+		}
+		if (rc == 0)
+			rc = q_counters_add(t, j->cid, &d, err, errlen);
+		if (rc == 0) {
+			rc = q_commit(t, err, errlen);
+			t = NULL;
+		}
+		q_abort(t);
+		if (rc == Q_EFULL) {
+			if (q_grow(p->q, err, errlen) == 0)
+				continue;
+			return -1;
+		}
+		if (rc == 0 && events->len)
+			evlog_write(p->ev, events->p, events->len);
+		return rc;
+	}
+	return -1;
+}
+
+/* Pick a job with work and budget; claim a range. Called with mu held. */
+static struct job *claim(rd_pool *p, uint32_t *from, uint32_t *end)
+{
+	struct job *start = p->rr ? p->rr : p->jobs;
+	struct job *j = start;
+	if (!j)
+		return NULL;
+	do {
+		uint64_t out = j->rendered > j->final ? j->rendered - j->final : 0;
+		uint64_t claimed = (uint64_t)j->busy * p->batch;
+		if (!j->paused && !j->removed && j->next < j->total &&
+		    out + claimed < p->ahead) {
+			*from = j->next;
+			uint64_t e = (uint64_t)j->next + p->batch;
+			*end = e > j->total ? j->total : (uint32_t)e;
+			j->next = *end;
+			j->busy++;
+			p->rr = j->next_job;
+			return j;
+		}
+		j = j->next_job ? j->next_job : p->jobs;
+	} while (j != start);
+	return NULL;
+}
+
+static void *worker(void *arg)
+{
+	rd_pool *p = arg;
+	struct item *items = mem_calloc(p->batch, sizeof *items);
+	struct out *o = mem_calloc(p->batch, sizeof *o);
+	buf_t events = BUF_INIT;
+	char err[512];
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		uint32_t from, end;
+		struct job *j = NULL;
+		while (!p->stop && !(j = claim(p, &from, &end)))
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (p->stop)
+			break;
+		struct camp *camp = camp_ref(j->camp);
+		pthread_mutex_unlock(&p->mu);
+
+		/* Read the waiting contacts of [from, end). */
+		struct collect c = { items, 0, end };
+		q_txn *t;
+		int rc = q_begin(p->q, false, &t, err, sizeof err);
+		if (rc == 0) {
+			rc = q_contact_scan(t, j->cid, from, end - from, collect_cb,
+				&c, err, sizeof err);
+			q_abort(t);
+		}
+		unsigned queued = 0;
+		if (rc >= 0 && c.n) {
+			time_t now = time(NULL);
+			for (size_t i = 0; i < c.n; i++) {
+				struct out *x = &o[i];
+				json_error_t je;
+				x->idx = items[i].idx;
+				x->state = Q_QUEUED;
+				x->reason[0] = 0;
+				memset(&x->m, 0, sizeof x->m);
+				buf_reset(&x->body);
+				json_t *contact = json_loadb(items[i].contact,
+					items[i].len, 0, &je);
+				if (!contact) {
+					x->state = Q_FAILED;
+					snprintf(x->reason, sizeof x->reason,
+						"stored contact unreadable: %s", je.text);
+				} else if (rd_render(camp, &p->env, x->idx, contact, now,
+				    &x->body, &x->m, x->reason, sizeof x->reason) < 0) {
+					x->state = Q_FAILED;
+				} else if (!x->m.rcpt[0]) {
+					x->state = Q_FAILED;
+					snprintf(x->reason, sizeof x->reason,
+						"no e-mail address");
+				}
+				json_decref(contact);
+				free(items[i].contact);
+			}
+			rc = write_batch(p, j, o, c.n, &events, &queued, err,
+				sizeof err);
+		}
+		if (rc < 0)
+			log_err("render: campaign %u contacts %u-%u: %s; they stay "
+				"waiting and are tried again", j->cid, from, end - 1,
+				err);
+		camp_unref(camp);
+
+		pthread_mutex_lock(&p->mu);
+		j->busy--;
+		if (rc < 0) {
+			/* Give the range back: it is retried after a pause. */
+			if (from < j->next)
+				j->next = from;
+		} else {
+			j->rendered += c.n;
+			atomic_fetch_add(&p->total_rendered, c.n);
+		}
+		bool done = rc >= 0 && j->next >= j->total && j->busy == 0;
+		pthread_cond_broadcast(&p->idle);
+		if (rc >= 0 && (c.n || done) && !j->removed) {
+			pthread_mutex_unlock(&p->mu);
+			notify(p, j->cid, (unsigned)c.n, done);
+			pthread_mutex_lock(&p->mu);
+		}
+		if (rc < 0) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < p->batch; i++)
+		buf_free(&o[i].body);
+	free(o);
+	free(items);
+	buf_free(&events);
+	return NULL;
+}
+
+rd_pool *rd_new(q_env *q, evlog *ev, struct ev_loop *loop, unsigned threads,
+	unsigned batch, uint64_t render_ahead, const struct rd_env *env,
+	const struct rd_ops *ops, void *arg, char *err, size_t errlen)
+{
+	rd_pool *p = mem_calloc(1, sizeof *p);
+	p->q = q;
+	p->ev = ev;
+	p->loop = loop;
+	p->env = *env;
+	p->ops = *ops;
+	p->arg = arg;
+	p->batch = batch ? batch : 256;
+	p->ahead = render_ahead ? render_ahead : UINT64_MAX;
+	p->notes_tail = &p->notes;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	pthread_cond_init(&p->idle, NULL);
+	ev_async_init(&p->wake, wake_cb);
+	p->wake.data = p;
+	ev_async_start(loop, &p->wake);
+	ev_unref(loop);
+	p->th = mem_calloc(threads ? threads : 1, sizeof *p->th);
+	for (unsigned i = 0; i < (threads ? threads : 1); i++) {
+		if (pthread_create(&p->th[i], NULL, worker, p) != 0) {
+			snprintf(err, errlen, "render: cannot start thread %u", i);
+			rd_free(p);
+			return NULL;
+		}
+		p->nth++;
+	}
+	return p;
+}
+
+void rd_add(rd_pool *p, struct camp *c, uint32_t total, uint64_t rendered,
+	uint64_t final)
+{
+	struct job *j = mem_calloc(1, sizeof *j);
+	j->camp = camp_ref(c);
+	j->cid = c->cid;
+	j->total = total;
+	j->rendered = rendered;
+	j->final = final;
+	pthread_mutex_lock(&p->mu);
+	j->next_job = p->jobs;
+	p->jobs = j;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	if (rendered >= total)
+		notify(p, c->cid, 0, true);
+}
+
+static struct job *find(rd_pool *p, uint32_t cid)
+{
+	for (struct job *j = p->jobs; j; j = j->next_job)
+		if (j->cid == cid && !j->removed)
+			return j;
+	return NULL;
+}
+
+void rd_pause(rd_pool *p, uint32_t cid, bool paused)
+{
+	pthread_mutex_lock(&p->mu);
+	struct job *j = find(p, cid);
+	if (j)
+		j->paused = paused;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+void rd_remove(rd_pool *p, uint32_t cid)
+{
+	pthread_mutex_lock(&p->mu);
+	struct job *j = find(p, cid);
+	if (j) {
+		j->removed = true;
+		while (j->busy)
+			pthread_cond_wait(&p->idle, &p->mu);
+		for (struct job **pp = &p->jobs; *pp; pp = &(*pp)->next_job)
+			if (*pp == j) {
+				*pp = j->next_job;
+				break;
+			}
+		if (p->rr == j)
+			p->rr = NULL;
+	}
+	pthread_mutex_unlock(&p->mu);
+	if (j) {
+		camp_unref(j->camp);
+		free(j);
+	}
+}
+
+void rd_final(rd_pool *p, uint32_t cid, uint64_t final)
+{
+	pthread_mutex_lock(&p->mu);
+	struct job *j = find(p, cid);
+	if (j && final > j->final) {
+		j->final = final;
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+uint64_t rd_rendered_total(rd_pool *p)
+{
+	return atomic_load(&p->total_rendered);
+}
+
+void rd_free(rd_pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < p->nth; i++)
+		pthread_join(p->th[i], NULL);
+	free(p->th);
+	ev_ref(p->loop);
+	ev_async_stop(p->loop, &p->wake);
+	while (p->notes) {
+		struct note *n = p->notes->next;
+		free(p->notes);
+		p->notes = n;
+	}
+	while (p->jobs) {
+		struct job *n = p->jobs->next_job;
+		camp_unref(p->jobs->camp);
+		free(p->jobs);
+		p->jobs = n;
+	}
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->idle);
+	free(p);
+}
