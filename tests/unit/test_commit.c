@@ -1,0 +1,186 @@
+/* Unit tests for engine/commit: outcomes become durable state (message
+ * record, due index, body freed, counters, suppression) in batched
+ * transactions, the event log is written only after the commit, and the
+ * batch comes back to the loop thread. Real LMDB, real libev loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/commit.h"
+
+static char dir[128], logpath[200], err[512];
+
+struct ctx {
+	struct ev_loop *loop;
+	size_t got;
+	size_t want;
+	struct q_counters last;
+	uint64_t batches;
+};
+
+static void done_cb(void *arg, struct cm_outcome *list,
+	const struct cm_touched *t, size_t nt)
+{
+	struct ctx *c = arg;
+	c->batches++;
+	while (list) {
+		struct cm_outcome *n = list->next;
+		assert_true(list->committed);
+		c->got++;
+		cm_outcome_free(list);
+		list = n;
+	}
+	for (size_t i = 0; i < nt; i++)
+		if (t[i].cid == 1)
+			c->last = t[i].c;
+	if (c->got >= c->want)
+		ev_break(c->loop, EVBREAK_ALL);
+}
+
+static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void run(struct ctx *c)
+{
+	ev_timer to;
+	ev_timer_init(&to, timeout_cb, 30, 0);   /* a bound, not a pace */
+	ev_timer_start(c->loop, &to);
+	ev_run(c->loop, 0);
+	ev_timer_stop(c->loop, &to);
+}
+
+#define N 1000
+
+static int count_due(void *arg, const struct q_due *d)
+{
+	assert_true(d->due_ms == 999999);
+	(*(int *)arg)++;
+	return 0;
+}
+
+static void test_outcomes(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(logpath, sizeof logpath, "%s/events.log", dir);
+	struct q_config qc = { dir, 1 << 26, 0, Q_SYNC_GROUP };
+	q_env *q;
+	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	evlog *ev = evlog_open(logpath, err, sizeof err);
+	assert_non_null(ev);
+
+	/* N queued messages of campaign 1, each with a body and a due entry. */
+	q_txn *t;
+	assert_int_equal(q_begin(q, true, &t, err, sizeof err), 0);
+	for (uint32_t i = 0; i < N; i++) {
+		struct q_msg m = { .state = Q_QUEUED, .created_ms = 1000 };
+		snprintf(m.rcpt, sizeof m.rcpt, "user%u@d%u.test", i, i % 7);
+		struct q_due d = { 1, 1000, i, 0 };
+		assert_int_equal(q_msg_put(t, q_id(1, i), &m, err, sizeof err), 0);
+		assert_int_equal(q_body_put(t, q_id(1, i), "x\r\n", 3, err,
+			sizeof err), 0);
+		assert_int_equal(q_due_put(t, &d, err, sizeof err), 0);
+	}
+	struct q_counters total = { .total = N, .rendered = N };
+	assert_int_equal(q_counters_add(t, 1, &total, err, sizeof err), 0);
+	assert_int_equal(q_commit(t, err, sizeof err), 0);
+
+	struct ctx c = { .loop = ev_loop_new(EVFLAG_AUTO), .want = N };
+	struct cm_ops ops = { done_cb };
+	cm *com = cm_new(q, ev, c.loop, 5, &ops, &c, err, sizeof err);
+	assert_non_null(com);
+
+	/* i%4: 0 delivered, 1 deferred, 2 bounced (+suppress), 3 expired. */
+	for (uint32_t i = 0; i < N; i++) {
+		struct cm_outcome *o = cm_outcome_new();
+		static const uint8_t kinds[] = { Q_DELIVERED, Q_QUEUED, Q_BOUNCED,
+			Q_EXPIRED };
+		o->id = q_id(1, i);
+		o->due = (struct q_due){ 1, 1000, i, 0 };
+		o->state = kinds[i % 4];
+		o->new_due = 999999;
+		o->attempts = 1;
+		o->now_ms = 2000;
+		o->suppress = o->state == Q_BOUNCED;
+		snprintf(o->rcpt, sizeof o->rcpt, "user%u@d%u.test", i, i % 7);
+		snprintf(o->reply, sizeof o->reply, "250 ok %u", i);
+		buf_printf(&o->event, "{\"i\":%u}\n", i);
+		cm_push(com, o);
+	}
+	run(&c);
+	assert_int_equal(c.got, N);
+	/* Batched: far fewer transactions than outcomes. */
+	assert_true(cm_transactions(com) < N / 4);
+	assert_int_equal(cm_committed(com), N);
+	assert_int_equal(c.last.delivered, N / 4);
+	assert_int_equal(c.last.bounced, N / 4);
+	assert_int_equal(c.last.expired, N / 4);
+	assert_int_equal(c.last.deferrals, N / 4);
+	cm_free(com);
+
+	assert_int_equal(q_begin(q, false, &t, err, sizeof err), 0);
+	for (uint32_t i = 0; i < N; i++) {
+		struct q_msg m;
+		const void *p;
+		size_t len;
+		assert_int_equal(q_msg_get(t, q_id(1, i), &m), 1);
+		assert_int_equal(m.attempts, 1);
+		bool deferred = i % 4 == 1;
+		assert_int_equal(m.state, deferred ? Q_QUEUED
+			: i % 4 == 0 ? Q_DELIVERED : i % 4 == 2 ? Q_BOUNCED
+			: Q_EXPIRED);
+		/* bodies stay only for messages that will be retried */
+		assert_int_equal(q_body_get(t, q_id(1, i), &p, &len), deferred);
+		if (deferred)
+			assert_true(m.due_ms == 999999);
+		char want[40];
+		snprintf(want, sizeof want, "250 ok %u", i);
+		assert_string_equal(m.reply, want);
+		char a[64];
+		snprintf(a, sizeof a, "user%u@d%u.test", i, i % 7);
+		assert_int_equal(q_suppress_get(t, a, NULL, &len), i % 4 == 2);
+	}
+	/* The due index holds exactly the deferred messages, re-keyed. */
+	int cnt = 0;
+	assert_true(q_due_scan(t, 1, NULL, UINT64_MAX, 0, count_due, &cnt, NULL,
+		err, sizeof err) >= 0);
+	assert_int_equal(cnt, N / 4);
+	q_abort(t);
+
+	/* Every event line was written. */
+	FILE *f = fopen(logpath, "r");
+	assert_non_null(f);
+	char line[128];
+	size_t lines = 0;
+	while (fgets(line, sizeof line, f))
+		lines++;
+	fclose(f);
+	assert_int_equal(lines, N);
+
+	evlog_close(ev);
+	q_close(q);
+	ev_loop_destroy(c.loop);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_outcomes),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
