@@ -66,6 +66,7 @@ struct dcamp {
 enum dom_state { D_NEW, D_RESOLVING, D_OK, D_ERR };
 
 struct ddom {
+	struct dl *d;
 	char *name;
 	enum dom_state st;
 	uint64_t dns_req;
@@ -398,30 +399,744 @@ by_dns:
 		dom);
 }
 
+/* Messages of a domain that just became usable go to its site. */
 static void dom_ready(struct dl *d, struct ddom *dom)
 {
 	struct dsite *st = dom->site;
 	if (!dom->head)
 		return;
-	size_t n = 0;
-	for (struct dmsg *m = dom->head; m; m = m->next)
-		n++;
 	if (!dom->in_ring) {
 		ring_add(st, dom);
-		st->queued += n;
+		st->queued += dom->nq;
 	}
 	site_kick(d, st);
+}
+
+static void site_from_result(struct dl *d, struct ddom *dom,
+	const struct dns_result *r)
+{
+	const struct cf_route *rt = cf_route_find(d->cf, dom->name);
+	char key[1024];
+	size_t n = r->nhosts;
+	const char **names = mem_calloc(n ? n : 1, sizeof *names);
+	const char *named = NULL;
+	for (size_t i = 0; i < n; i++) {
+		names[i] = r->hosts[i].name;
+		/* [site NAME] with a matching mx pattern names the site. */
+		for (size_t k = 0; !named && k < d->cf->nsites; k++) {
+			const struct cf_site *cs = &d->cf->sites[k];
+			for (size_t p = 0; !cs->is_domain && p < cs->nmx; p++)
+				if (fnmatch(cs->mx[p], names[i], FNM_CASEFOLD) == 0)
+					named = cs->name;
+		}
+	}
+	if (rt) {
+		snprintf(key, sizeof key, "route:%s:%u", rt->host, rt->port);
+	} else if (named) {
+		snprintf(key, sizeof key, "%s", named);
+	} else {
+		/* MX rollup: the sorted set of MX host names. */
+		qsort(names, n, sizeof *names, cmp_str);
+		buf_t b = BUF_INIT;
+		for (size_t i = 0; i < n; i++) {
+			if (i && strcmp(names[i], names[i - 1]) == 0)
+				continue;
+			buf_printf(&b, "%s%s", b.len ? "," : "", names[i]);
+		}
+		snprintf(key, sizeof key, "%s", b.len ? buf_cstr(&b) : dom->name);
+		buf_free(&b);
+	}
+	free(names);
+	struct dsite *st = site_get(d, key, dom->name);
+	if (!st->nhosts || now_s(d) > 0) {
+		/* (Re)build the host list from this answer: preference order
+		 * as the resolver gave it (equal preferences shuffled). */
+		size_t total = 0;
+		for (size_t i = 0; i < r->nhosts; i++)
+			total += r->hosts[i].naddrs;
+		if (total) {
+			struct dhost *h = mem_calloc(total, sizeof *h);
+			size_t k = 0;
+			for (size_t i = 0; i < r->nhosts; i++)
+				for (size_t a = 0; a < r->hosts[i].naddrs; a++) {
+					struct dhost *x = &h[k++];
+					snprintf(x->name, sizeof x->name, "%s",
+						r->hosts[i].name);
+					memcpy(&x->addr, &r->hosts[i].addrs[a],
+						sizeof x->addr);
+					uint16_t port = rt ? rt->port : 25;
+					if (x->addr.ss_family == AF_INET6) {
+						((struct sockaddr_in6 *)&x->addr)->sin6_port =
+							htons(port);
+						x->len = sizeof(struct sockaddr_in6);
+					} else {
+						((struct sockaddr_in *)&x->addr)->sin_port =
+							htons(port);
+						x->len = sizeof(struct sockaddr_in);
+					}
+					/* keep what we knew about a host being down */
+					for (size_t o = 0; o < st->nhosts; o++)
+						if (st->hosts[o].len == x->len &&
+						    memcmp(&st->hosts[o].addr, &x->addr,
+						    x->len) == 0)
+							x->down_until = st->hosts[o].down_until;
+				}
+			free(st->hosts);
+			st->hosts = h;
+			st->nhosts = total;
+			if (st->next_host >= total)
+				st->next_host = 0;
+		}
+	}
+	if (dom->site != st) {
+		dom->site = st;
+		st->ndomains++;
+	}
 }
 
 static void dns_done(void *arg, const struct dns_result *r)
 {
 	struct ddom *dom = arg;
-	struct dl *d = NULL;
-	/* The domain object carries no back-pointer to dl: find it through
-	 * the first queued message's campaign is not possible either, so the
-	 * resolver's user data is the domain and dl is reached via the site
-	 * table's owner recorded at creation. */
-	d = dom->site ? NULL : NULL;
-	(void)d;
-	(void)r;
+	struct dl *d = dom->d;
+	dom->dns_req = 0;
+	double ttl = r->ttl > 0 ? r->ttl : 60;
+	switch (r->status) {
+	case DNS_OK:
+		site_from_result(d, dom, r);
+		dom->st = D_OK;
+		dom->expires = now_s(d) + ttl;
+		dom_ready(d, dom);
+		return;
+	case DNS_NXDOMAIN:
+	case DNS_NULLMX:
+		dom->st = D_ERR;
+		dom->err_permanent = true;
+		dom->expires = now_s(d) + ttl;
+		snprintf(dom->err, sizeof dom->err, "%s: %s", dom->name,
+			r->status == DNS_NULLMX ? "the domain accepts no mail "
+			"(null MX)" : "no such domain");
+		break;
+	default:
+		dom->st = D_ERR;
+		dom->err_permanent = dns_permanent(r);
+		dom->expires = now_s(d) + (dom->err_permanent ? ttl
+			: TEMPFAIL_CACHE_SECS);
+		snprintf(dom->err, sizeof dom->err, "%s: %s", dom->name,
+			r->message ? r->message : "DNS failure");
+		break;
+	}
+	defer_all(d, dom, dom->err_permanent, dom->err, "bad_domain");
+}
+
+static void enqueue(struct dl *d, struct dmsg *m)
+{
+	const char *at = strrchr(m->rcpt, '@');
+	char name[256];
+	size_t i = 0;
+	for (const char *p = at ? at + 1 : ""; *p && i < sizeof name - 1; p++)
+		name[i++] = (char)tolower((unsigned char)*p);
+	name[i] = 0;
+	struct ddom *dom = ht_get(&d->domains, name);
+	if (!dom) {
+		dom = mem_calloc(1, sizeof *dom);
+		dom->d = d;
+		dom->name = mem_strdup(name);
+		dom->tail = &dom->head;
+		ht_put(&d->domains, name, dom);
+	}
+	m->dom = dom;
+	m->next = NULL;
+	*dom->tail = m;
+	dom->tail = &m->next;
+	dom->nq++;
+	if ((dom->st == D_OK || dom->st == D_ERR) && now_s(d) >= dom->expires)
+		dom->st = D_NEW;        /* the cached answer expired */
+	switch (dom->st) {
+	case D_NEW:
+		resolve(d, dom);
+		if (dom->st == D_OK)
+			dom_ready(d, dom);
+		break;
+	case D_RESOLVING:
+		break;
+	case D_OK:
+		if (dom->in_ring)
+			dom->site->queued++;
+		dom_ready(d, dom);
+		break;
+	case D_ERR:
+		defer_all(d, dom, dom->err_permanent, dom->err, "bad_domain");
+		break;
+	}
+}
+
+/* ---- sessions ---- */
+
+static bool load_body(struct dl *d, struct dmsg *m)
+{
+	q_txn *t;
+	char err[256];
+	const void *p;
+	size_t len;
+	if (q_begin(d->q, false, &t, err, sizeof err))
+		return false;
+	int rc = q_body_get(t, m->id, &p, &len);
+	if (rc == 1) {
+		m->body = mem_memdup(p, len);
+		m->len = len;
+	}
+	q_abort(t);
+	return rc == 1;
+}
+
+static enum smtp_next sess_next(void *owner, struct smtp_session *s,
+	struct smtp_msg *out)
+{
+	struct dsess *x = owner;
+	struct dl *d = x->d;
+	struct dsite *st = x->site;
+	(void)s;
+	if (d->draining)
+		return SMTP_NEXT_QUIT;
+	for (;;) {
+		struct dmsg *m = site_pop(st);
+		if (!m) {
+			x->idle = true;
+			return SMTP_NEXT_WAIT;
+		}
+		if (!load_body(d, m)) {
+			/* Deleted or cancelled meanwhile: forget it quietly. */
+			ht_set_del(&d->inflight, m->id);
+			d->active--;
+			dmsg_free(m);
+			continue;
+		}
+		x->idle = false;
+		m->next = x->handed;
+		x->handed = m;
+		memset(out, 0, sizeof *out);
+		out->id = m->id;
+		out->sender = m->sender;
+		out->rcpt = m->rcpt;
+		out->data = m->body;
+		out->len = m->len;
+		out->flags = (m->flags & RD_8BIT ? SMTP_MSG_8BIT : 0) |
+			(m->flags & RD_SMTPUTF8 ? SMTP_MSG_SMTPUTF8 : 0);
+		return SMTP_NEXT_MSG;
+	}
+}
+
+static struct dmsg *take_handed(struct dsess *x, uint64_t id)
+{
+	for (struct dmsg **pp = &x->handed; *pp; pp = &(*pp)->next)
+		if ((*pp)->id == id) {
+			struct dmsg *m = *pp;
+			*pp = m->next;
+			m->next = NULL;
+			return m;
+		}
+	return NULL;
+}
+
+static void sess_done(void *owner, struct smtp_session *s,
+	const struct smtp_msg *msg, const struct smtp_result *r)
+{
+	struct dsess *x = owner;
+	struct dl *d = x->d;
+	(void)s;
+	struct dmsg *m = take_handed(x, msg->id);
+	if (!m)
+		return;
+	free(m->body);
+	m->body = NULL;
+	char tls[160] = "";
+	if (r->tls_version)
+		snprintf(tls, sizeof tls, "%s %s", r->tls_version,
+			r->tls_cipher ? r->tls_cipher : "");
+	const char *mx = x->host < x->site->nhosts
+		? x->site->hosts[x->host].name : NULL;
+	uint8_t kind = r->kind == SMTP_DELIVERED ? Q_DELIVERED
+		: r->kind == SMTP_BOUNCED ? Q_BOUNCED : Q_QUEUED;
+	const char *cat = r->kind == SMTP_BOUNCED ? smtp_cat_name(r->cat)
+		: NULL;
+	outcome(d, m, kind, x->site->key, mx, r->code, r->enhanced, r->reply,
+		cat, tls[0] ? tls : NULL, r->ms,
+		r->kind == SMTP_BOUNCED && r->cat == SMTP_CAT_BAD_MAILBOX);
+}
+
+static void sess_ended(void *owner, struct smtp_session *s,
+	const struct smtp_end *e)
+{
+	struct dsess *x = owner;
+	struct dl *d = x->d;
+	struct dsite *st = x->site;
+	(void)s;
+	/* Messages the session never reported (should not happen: the
+	 * session reports every message) are deferred, never lost. */
+	while (x->handed) {
+		struct dmsg *m = x->handed;
+		x->handed = m->next;
+		free(m->body);
+		m->body = NULL;
+		outcome(d, m, Q_QUEUED, st->key, NULL, 0, NULL,
+			"session ended before the message was finished", NULL, NULL,
+			-1, false);
+	}
+	for (struct dsess **pp = &st->sessions; *pp; pp = &(*pp)->next)
+		if (*pp == x) {
+			*pp = x->next;
+			break;
+		}
+	st->nsess--;
+	d->nsess--;
+	if (e->try_next_mx && x->host < st->nhosts) {
+		st->hosts[x->host].down_until = now_s(d) + HOST_DOWN_SECS;
+		log_info("site %s: %s unusable for %.0f s: %s", st->key,
+			st->hosts[x->host].name, HOST_DOWN_SECS,
+			e->reply ? e->reply : "connection failed");
+		/* No usable host left: the waiting messages are deferred
+		 * (an attempt each), as a real MTA does. */
+		bool any = false;
+		for (size_t i = 0; i < st->nhosts; i++)
+			if (st->hosts[i].down_until <= now_s(d))
+				any = true;
+		if (!any) {
+			char why[300];
+			snprintf(why, sizeof why, "no MX host reachable: %s",
+				e->reply ? e->reply : "connection failed");
+			struct dmsg *m;
+			while ((m = site_pop(st)))
+				outcome(d, m, Q_QUEUED, st->key, NULL, e->code, NULL,
+					why, NULL, NULL, -1, false);
+			st->backoff_until = now_s(d) + HOST_DOWN_SECS;
+		}
+	}
+	free(x);
+	if (!d->draining) {
+		site_kick(d, st);
+		ev_timer_start(d->loop, &d->soon);
+	}
+}
+
+static const struct smtp_ops sess_ops = { sess_next, sess_done, sess_ended };
+
+static int pick_host(struct dl *d, struct dsite *st)
+{
+	for (size_t k = 0; k < st->nhosts; k++) {
+		size_t i = (st->next_host + k) % st->nhosts;
+		if (st->hosts[i].down_until <= now_s(d)) {
+			/* Sessions go to the most preferred usable host; the
+			 * next one only when it is down. */
+			return (int)i;
+		}
+	}
+	return -1;
+}
+
+static void site_kick(struct dl *d, struct dsite *st)
+{
+	/* Idle sessions first. */
+	for (struct dsess *x = st->sessions; x && st->queued; x = x->next)
+		if (x->idle) {
+			x->idle = false;
+			smtp_kick(x->s);
+		}
+	while (!d->draining && st->queued > 0 && st->nsess < st->max_conn &&
+	    d->nsess < d->cf->max_connections && now_s(d) >= st->backoff_until) {
+		/* Do not open more sessions than there are messages waiting. */
+		if (st->nsess > 0 && st->nsess >= st->queued)
+			break;
+		int h = pick_host(d, st);
+		if (h < 0)
+			break;
+		struct dsess *x = mem_calloc(1, sizeof *x);
+		x->d = d;
+		x->site = st;
+		x->host = (size_t)h;
+		struct smtp_params p;
+		memset(&p, 0, sizeof p);
+		p.addr = (const struct sockaddr *)&st->hosts[h].addr;
+		p.addrlen = st->hosts[h].len;
+		p.mx_host = st->hosts[h].name;
+		p.site = st->key;
+		p.helo_name = d->cf->helo_name && *d->cf->helo_name
+			? d->cf->helo_name : d->cf->hostname;
+		p.tls = (enum smtp_tls_policy)st->tls;
+		p.tls_ctx = d->tls;
+		p.to.connect = d->cf->connect_timeout_ms / 1000.0;
+		p.to.greeting = d->cf->greeting_timeout_ms / 1000.0;
+		p.to.ehlo = p.to.mail = p.to.rcpt = p.to.rset = p.to.quit =
+			p.to.starttls = d->cf->command_timeout_ms / 1000.0;
+		p.to.data_init = d->cf->data_init_timeout_ms / 1000.0;
+		p.to.data_block = d->cf->data_block_timeout_ms / 1000.0;
+		p.to.data_term = d->cf->data_term_timeout_ms / 1000.0;
+		p.to.idle = d->cf->idle_timeout_ms / 1000.0;
+		p.max_msgs = st->max_msgs;
+		p.max_reply = 4096;
+		x->next = st->sessions;
+		st->sessions = x;
+		st->nsess++;
+		d->nsess++;
+		x->s = smtp_open(d->loop, &p, &sess_ops, x, ++d->sess_ids);
+		if (!x->s) {
+			/* could not even create a socket: treat as host down */
+			st->sessions = x->next;
+			st->nsess--;
+			d->nsess--;
+			st->hosts[h].down_until = now_s(d) + HOST_DOWN_SECS;
+			free(x);
+			continue;
+		}
+	}
+	if (st->queued && now_s(d) < st->backoff_until &&
+	    !ev_is_active(&d->site_timer)) {
+		ev_timer_set(&d->site_timer, st->backoff_until - now_s(d) + 0.01,
+			0);
+		ev_timer_start(d->loop, &d->site_timer);
+	}
+}
+
+/* ---- pulling from the queue ---- */
+
+struct pull_ctx {
+	struct dl *d;
+	struct dcamp *c;
+	q_txn *t;
+	unsigned got;
+	struct q_due last;
+	bool any;
+};
+
+static int pull_cb(void *arg, const struct q_due *due)
+{
+	struct pull_ctx *x = arg;
+	struct dl *d = x->d;
+	uint64_t id = q_id(due->cid, due->idx);
+	x->last = *due;
+	x->any = true;
+	if (due->chan != 0 || ht_set_has(&d->inflight, id))
+		return 0;
+	struct q_msg qm;
+	if (q_msg_get(x->t, id, &qm) != 1 || qm.state != Q_QUEUED)
+		return 0;
+	struct dmsg *m = mem_calloc(1, sizeof *m);
+	m->id = id;
+	m->due = *due;
+	m->attempts = qm.attempts;
+	m->flags = qm.flags;
+	m->created_ms = qm.created_ms;
+	m->rcpt = mem_strdup(qm.rcpt);
+	rd_sender(x->c->camp, &d->env, id, m->sender, sizeof m->sender);
+	ht_set_add(&d->inflight, id);
+	d->active++;
+	x->got++;
+	enqueue(d, m);
+	return 0;
+}
+
+static void pull(struct dl *d)
+{
+	if (d->draining)
+		return;
+	char err[256];
+	q_txn *t;
+	if (d->active >= d->cf->max_active)
+		return;
+	if (q_begin(d->q, false, &t, err, sizeof err)) {
+		log_err("delivery: %s", err);
+		return;
+	}
+	uint64_t now = wall_ms();
+	/* Transactional campaigns first, then bulk; every campaign gets a
+	 * chunk per round so a small campaign is not starved by a big one. */
+	for (int prio = CAMP_TRANSACTIONAL; prio <= CAMP_BULK; prio++) {
+		bool progress = true;
+		while (progress && d->active < d->cf->max_active) {
+			progress = false;
+			for (struct dcamp *c = d->camps; c; c = c->next) {
+				if (c->paused || (int)c->camp->priority != prio ||
+				    d->active >= d->cf->max_active)
+					continue;
+				struct pull_ctx x = { d, c, t, 0, { 0 }, false };
+				size_t room = d->cf->max_active - d->active;
+				unsigned max = room < PULL_CHUNK ? (unsigned)room
+					: PULL_CHUNK;
+				int n = q_due_scan(t, c->cid, c->has_cursor ? &c->cursor
+					: NULL, now, max, pull_cb, &x, &c->next_due, err,
+					sizeof err);
+				if (n < 0) {
+					log_err("delivery: campaign %u: %s", c->cid, err);
+					continue;
+				}
+				if (x.any) {
+					c->cursor = x.last;
+					c->has_cursor = true;
+					progress = true;
+				}
+			}
+		}
+	}
+	q_abort(t);
+}
+
+static void pull_cb_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct dl *d = w->data;
+	(void)loop;
+	(void)revents;
+	/* Periodically rescan from the start: picks up anything a cursor
+	 * skipped (in flight then, due now) and due retries. */
+	if (w == &d->pull_timer)
+		for (struct dcamp *c = d->camps; c; c = c->next)
+			if (c->next_due <= wall_ms())
+				c->has_cursor = false;
+	pull(d);
+}
+
+static void site_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct dl *d = w->data;
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	(void)loop;
+	(void)revents;
+	double next = 0;
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		struct dsite *st = v;
+		if (st->queued && now_s(d) >= st->backoff_until)
+			site_kick(d, st);
+		else if (st->queued && (next == 0 || st->backoff_until < next))
+			next = st->backoff_until;
+	}
+	if (next > 0) {
+		ev_timer_set(w, next - now_s(d) + 0.01, 0);
+		ev_timer_start(d->loop, w);
+	}
+}
+
+/* ---- public ---- */
+
+dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
+	const struct rd_env *env, char *err, size_t errlen)
+{
+	struct dl *d = mem_calloc(1, sizeof *d);
+	d->loop = loop;
+	d->cf = cf;
+	d->q = q;
+	d->cm = c;
+	d->env = *env;
+	struct dns_config dc;
+	memset(&dc, 0, sizeof dc);
+	dc.servers = cf->dns_servers && *cf->dns_servers ? cf->dns_servers
+		: NULL;
+	dc.timeout = cf->dns_timeout_ms / 1000.0;
+	dc.tries = cf->dns_tries;
+	if (!(d->dns = dns_new(loop, &dc, err, errlen))) {
+		free(d);
+		return NULL;
+	}
+	struct tls_client_config tc;
+	memset(&tc, 0, sizeof tc);
+	tc.ca_file = cf->ca_file && *cf->ca_file ? cf->ca_file : NULL;
+	if (!(d->tls = tls_client_new(&tc, err, errlen))) {
+		dns_free(d->dns);
+		free(d);
+		return NULL;
+	}
+	srand48((long)wall_ms());
+	ev_timer_init(&d->pull_timer, pull_cb_timer, 1.0, 1.0);
+	d->pull_timer.data = d;
+	ev_timer_start(loop, &d->pull_timer);
+	ev_unref(loop);
+	ev_timer_init(&d->soon, pull_cb_timer, 0.0, 0.0);
+	d->soon.data = d;
+	ev_timer_init(&d->site_timer, site_timer_cb, 1.0, 0.0);
+	d->site_timer.data = d;
+	return d;
+}
+
+void dl_campaign(dl *d, struct camp *c, bool paused)
+{
+	struct dcamp *x = mem_calloc(1, sizeof *x);
+	x->cid = c->cid;
+	x->camp = camp_ref(c);
+	x->paused = paused;
+	x->next_due = 0;
+	/* keep id order: older campaigns first within a priority */
+	struct dcamp **pp = &d->camps;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = x;
+	ev_timer_start(d->loop, &d->soon);
+}
+
+void dl_pause(dl *d, uint32_t cid, bool paused)
+{
+	for (struct dcamp *c = d->camps; c; c = c->next)
+		if (c->cid == cid) {
+			c->paused = paused;
+			c->has_cursor = false;
+		}
+	if (!paused)
+		ev_timer_start(d->loop, &d->soon);
+}
+
+void dl_forget(dl *d, uint32_t cid)
+{
+	for (struct dcamp **pp = &d->camps; *pp; pp = &(*pp)->next)
+		if ((*pp)->cid == cid) {
+			struct dcamp *c = *pp;
+			*pp = c->next;
+			camp_unref(c->camp);
+			free(c);
+			return;
+		}
+}
+
+void dl_kick(dl *d, uint32_t cid)
+{
+	for (struct dcamp *c = d->camps; c; c = c->next)
+		if (cid == 0 || c->cid == cid)
+			c->has_cursor = false;
+	if (!d->draining)
+		ev_timer_start(d->loop, &d->soon);
+}
+
+void dl_drain(dl *d)
+{
+	d->draining = true;
+	ev_timer_stop(d->loop, &d->soon);
+	/* Messages waiting for a session are simply forgotten: they are
+	 * still due in the queue and are sent after the restart. */
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		struct dsite *st = v;
+		struct dmsg *m;
+		while ((m = site_pop(st))) {
+			ht_set_del(&d->inflight, m->id);
+			d->active--;
+			dmsg_free(m);
+		}
+		for (struct dsess *x = st->sessions; x; x = x->next)
+			if (x->idle)
+				smtp_close(x->s);
+	}
+	pos = 0;
+	while (ht_next(&d->domains, &pos, &k, &v)) {
+		struct ddom *dom = v;
+		struct dmsg *m;
+		while ((m = dom->head)) {
+			dom->head = m->next;
+			ht_set_del(&d->inflight, m->id);
+			d->active--;
+			dmsg_free(m);
+		}
+		dom->tail = &dom->head;
+		dom->nq = 0;
+		if (dom->dns_req) {
+			dns_cancel(d->dns, dom->dns_req);
+			dom->dns_req = 0;
+			dom->st = D_NEW;
+		}
+	}
+}
+
+bool dl_idle(const dl *d)
+{
+	return d->active == 0 && d->nsess == 0;
+}
+
+json_t *dl_status(dl *d, bool sites)
+{
+	json_t *j = json_pack("{sIsIsI}", "inflight", (json_int_t)d->active,
+		"connections", (json_int_t)d->nsess, "domains",
+		(json_int_t)d->domains.len);
+	if (!sites)
+		return j;
+	json_t *arr = json_array();
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		struct dsite *st = v;
+		json_t *doms = json_array();
+		size_t p2 = 0;
+		const char *dk;
+		void *dv;
+		while (ht_next(&d->domains, &p2, &dk, &dv) &&
+		    json_array_size(doms) < 20)
+			if (((struct ddom *)dv)->site == st)
+				json_array_append_new(doms, json_string(dk));
+		json_array_append_new(arr, json_pack("{sssosIsIsIsIss}", "site",
+			st->key, "domains", doms, "connections",
+			(json_int_t)st->nsess, "max_connections",
+			(json_int_t)st->max_conn, "queued", (json_int_t)st->queued,
+			"hosts", (json_int_t)st->nhosts, "state",
+			now_s(d) < st->backoff_until ? "backoff" : "active"));
+	}
+	json_object_set_new(j, "sites", arr);
+	return j;
+}
+
+void dl_reconfigure(dl *d, const struct cf *cf)
+{
+	d->cf = cf;
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	while (ht_next(&d->sites, &pos, &k, &v))
+		site_limits(d, v, NULL);
+	ev_timer_start(d->loop, &d->soon);
+}
+
+void dl_free(dl *d)
+{
+	if (!d)
+		return;
+	dl_drain(d);
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	/* Sessions still open are aborted; their messages stay due. */
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		struct dsite *st = v;
+		while (st->sessions) {
+			struct dsess *x = st->sessions;
+			smtp_close(x->s);
+			if (st->sessions == x)
+				break;   /* ended() runs later; cannot wait here */
+		}
+	}
+	ev_ref(d->loop);
+	ev_timer_stop(d->loop, &d->pull_timer);
+	ev_timer_stop(d->loop, &d->soon);
+	ev_timer_stop(d->loop, &d->site_timer);
+	pos = 0;
+	while (ht_next(&d->domains, &pos, &k, &v)) {
+		struct ddom *dom = v;
+		free(dom->name);
+		free(dom);
+	}
+	ht_free(&d->domains);
+	pos = 0;
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		struct dsite *st = v;
+		free(st->key);
+		free(st->hosts);
+		free(st);
+	}
+	ht_free(&d->sites);
+	while (d->camps) {
+		struct dcamp *c = d->camps->next;
+		camp_unref(d->camps->camp);
+		free(d->camps);
+		d->camps = c;
+	}
+	ht_set_free(&d->inflight);
+	dns_free(d->dns);
+	tls_client_free(d->tls);
+	free(d);
 }
