@@ -31,8 +31,10 @@ evlog *evlog_open(const char *path, char *err, size_t errlen)
 	int fd;
 	bool own = true;
 	if (strcmp(path, "-") == 0) {
-		fd = STDERR_FILENO;
+		fd = STDOUT_FILENO;
 		own = false;
+	} else if (!*path) {
+		fd = open("/dev/null", O_WRONLY | O_CLOEXEC);   /* no event log */
 	} else {
 		fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 		if (fd < 0) {

@@ -36,7 +36,7 @@ struct evlog_event {
 	                          * ("\"k\":1,\"j\":\"v\""), trusted callers only */
 };
 
-/* Open for appending ("-" = stderr). */
+/* Open for appending ("-" = stdout, "" = no event log). */
 evlog *evlog_open(const char *path, char *err, size_t errlen);
 void evlog_close(evlog *e);
 /* Append one JSON line describing `ev` at time `ts` (epoch seconds). */

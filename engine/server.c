@@ -1390,6 +1390,12 @@ int srv_run(struct cf *cf)
 	pthread_mutex_init(&s->mu, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	if (!cf->hostname || !*cf->hostname) {
+		char h[256] = "localhost";
+		gethostname(h, sizeof h - 1);
+		free(cf->hostname);
+		cf->hostname = mem_strdup(h);
+	}
 	int lvl = log_level_parse(cf->log_level);
 	if (lvl >= 0)
 		log_set_level((enum log_level)lvl);
