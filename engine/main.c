@@ -84,7 +84,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 	};
 	int ch;
 	memset(o, 0, sizeof *o);
-	while ((ch = getopt_long(argc, argv, "+c:s:o:wqh", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:s:o:wqh", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'c': o->config = optarg; break;
 		case 's': o->socket = optarg; break;
