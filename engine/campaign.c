@@ -408,7 +408,7 @@ int camp_prepare(const json_t *req, const char *base_dir, json_t **def_out,
 		json_string(inv ? inv : "reject"));
 	const char *uu = opt_str(req, "unsubscribe_url", &bad);
 	if (uu) {
-		if (strncmp(uu, "https://", 8) && strncmp(uu, "http://", 7)) {
+		if (strncmp(uu, "https://", 8) != 0) {
 			json_decref(def);
 			return fail(err, errlen, where, wherelen,
 				"unsubscribe_url", "unsubscribe_url must be an "

@@ -1,6 +1,6 @@
 /*
  * render — the render pool; see render.h. rd_render() (one contact to one
- * message) is in message.c's half of this file below the pool.
+ * message) is at the end of the file.
  *
  * Pool state (jobs, claims, budgets) is guarded by one mutex; workers hold
  * it only to claim a range or to update counts, never while rendering or
@@ -13,10 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "templates/mime.h"
+#include "templates/unsub.h"
 
 struct job {
 	struct camp *camp;
@@ -472,4 +475,154 @@ void rd_free(rd_pool *p)
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->idle);
 	free(p);
+}
+
+/* ---- one contact → one message ---- */
+
+/* A 64-bit value unique enough for Message-IDs and MIME boundaries. */
+static uint64_t unique64(uint64_t id)
+{
+	uint64_t r = 0;
+	if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		r = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^
+			(uint64_t)ts.tv_sec;
+	}
+	return r ^ (id * 0xbf58476d1ce4e5b9ULL);
+}
+
+static const char *str_field(const json_t *o, const char *k)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+	return s && *s ? s : NULL;
+}
+
+void rd_sender(const struct camp *c, const struct rd_env *env, uint64_t id,
+	char *out, size_t outlen)
+{
+	const char *dom = env->bounce_domain && *env->bounce_domain
+		? env->bounce_domain : strrchr(c->from_addr, '@') + 1;
+	snprintf(out, outlen, "bounce+%016llx@%s", (unsigned long long)id, dom);
+}
+
+static bool is_ascii(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s >= 0x80)
+			return false;
+	return true;
+}
+
+int rd_render(const struct camp *c, const struct rd_env *env, uint32_t idx,
+	const json_t *contact, time_t now, buf_t *out, struct rd_msg *m,
+	char *err, size_t errlen)
+{
+	uint64_t id = q_id(c->cid, idx);
+	const json_t *ctx[2] = { contact, json_object_get(c->def, "vars") };
+	size_t nctx = ctx[1] ? 2 : 1;
+	buf_t subject = BUF_INIT, text = BUF_INIT, html = BUF_INIT;
+	buf_t msg = BUF_INIT, sig = BUF_INIT, lu = BUF_INIT;
+	char name[512] = "", mid[320], token[UNSUB_TOKEN_LEN + 1];
+	int rc = -1;
+
+	memset(m, 0, sizeof *m);
+	const char *email = str_field(contact, "email");
+	if (!email) {
+		snprintf(err, errlen, "no e-mail address");
+		return -1;
+	}
+	snprintf(m->rcpt, sizeof m->rcpt, "%s", email);
+	rd_sender(c, env, id, m->sender, sizeof m->sender);
+	if (!is_ascii(email))
+		m->flags |= RD_SMTPUTF8;
+
+	/* Display name: "name", else first_name [last_name]. */
+	const char *full = str_field(contact, "name");
+	const char *first = str_field(contact, "first_name");
+	const char *last = str_field(contact, "last_name");
+	if (full)
+		snprintf(name, sizeof name, "%s", full);
+	else if (first)
+		snprintf(name, sizeof name, "%s%s%s", first, last ? " " : "",
+			last ? last : "");
+
+	if (mu_render(c->subject, ctx, nctx, &subject, err, errlen) < 0)
+		goto out;
+	if (c->text && mu_render(c->text, ctx, nctx, &text, err, errlen) < 0)
+		goto out;
+	if (c->html && mu_render(c->html, ctx, nctx, &html, err, errlen) < 0)
+		goto out;
+
+	uint64_t u = unique64(id);
+	snprintf(mid, sizeof mid, "%016llx.%016llx@%s",
+		(unsigned long long)id, (unsigned long long)u,
+		env->hostname && *env->hostname ? env->hostname : "localhost");
+
+	/* One-click unsubscribe (RFC 8058) with a per-recipient token. */
+	const char *from_dom = strrchr(c->from_addr, '@') + 1;
+	if (unsub_token_make(env->unsub_key, env->unsub_keylen, c->cid, id,
+	    email, token) < 0) {
+		snprintf(err, errlen, "cannot make the unsubscribe token");
+		goto out;
+	}
+	if (c->unsub_url) {
+		if (unsub_header_value(c->unsub_url, from_dom, token, &lu, err,
+		    errlen) < 0)
+			goto out;
+	} else {
+		/* No web endpoint: the mailto form alone (not one-click). */
+		buf_printf(&lu, "<mailto:unsubscribe@%s?subject=%s>", from_dom,
+			token);
+	}
+
+	char *rt_name = NULL, *rt_addr = NULL;
+	if (c->reply_to && camp_parse_mailbox(c->reply_to, &rt_name, &rt_addr,
+	    err, errlen) < 0)
+		goto out;
+	char cidh[16];
+	snprintf(cidh, sizeof cidh, "%u", c->cid);
+	mime_header extra[] = { { "X-Campaign-ID", cidh } };
+	mime_msg mm = {
+		.from_name = c->from_name, .from_addr = c->from_addr,
+		.to_name = name, .to_addr = email,
+		.reply_to_name = rt_name, .reply_to_addr = rt_addr,
+		.subject = buf_cstr(&subject),
+		.text = c->text ? buf_cstr(&text) : NULL, .text_len = text.len,
+		.html = c->html ? buf_cstr(&html) : NULL, .html_len = html.len,
+		.message_id = mid, .date = now,
+		.list_unsubscribe = buf_cstr(&lu),
+		.list_unsubscribe_post = c->unsub_url
+			? UNSUB_POST_VALUE : NULL,
+		.feedback_id = c->feedback_id,
+		.extra = extra, .n_extra = 1,
+		.boundary_seed = u,
+	};
+	rc = mime_build(&mm, &msg, err, errlen);
+	free(rt_name);
+	free(rt_addr);
+	if (rc < 0)
+		goto out;
+	rc = -1;
+	if (env->nsigners && dkim_sign(env->signers, env->nsigners, msg.p,
+	    msg.len, now, &sig, err, errlen) < 0)
+		goto out;
+	/* The stored form: signatures, then the message, dot-stuffed. */
+	if (sig.len)
+		mime_dot_stuff(sig.p, sig.len, out);
+	mime_dot_stuff(msg.p, msg.len, out);
+	for (size_t i = 0; i < out->len; i++)
+		if ((unsigned char)out->p[i] >= 0x80) {
+			m->flags |= RD_8BIT;
+			break;
+		}
+	rc = 0;
+out:
+	buf_free(&subject);
+	buf_free(&text);
+	buf_free(&html);
+	buf_free(&msg);
+	buf_free(&sig);
+	buf_free(&lu);
+	return rc;
 }
