@@ -277,6 +277,43 @@ test_show_roundtrip(void **state)
 	cf_free(&c2);
 }
 
+static void
+test_overrides(void **state)
+{
+	(void)state;
+	struct cf c;
+	char err[512];
+	cf_init(&c);
+	assert_int_equal(cf_override(&c, "smtp.tls=none", err, sizeof err), 0);
+	assert_int_equal(c.tls, CF_TLS_NONE);
+	assert_int_equal(cf_override(&c, "route.*=127.0.0.1:2525", err,
+	    sizeof err), 0);
+	const struct cf_route *r = cf_route_find(&c, "gmail.com");
+	assert_non_null(r);
+	assert_string_equal(r->host, "127.0.0.1");
+	assert_int_equal(r->port, 2525);
+	assert_int_equal(cf_override(&c, "site google.max_connections=7", err,
+	    sizeof err), -1);   /* a site needs its mx patterns first */
+	assert_non_null(strstr(err, "no mx patterns"));
+	cf_free(&c);
+	cf_init(&c);
+	assert_int_equal(cf_override(&c, "site google.mx=*.google.test", err,
+	    sizeof err), 0);
+	assert_int_equal(cf_override(&c, "site google.max_connections=7", err,
+	    sizeof err), 0);
+	assert_int_equal(c.nsites, 1);
+	assert_int_equal(c.sites[0].max_connections, 7);
+	/* Bad values are reported like file lines. */
+	assert_int_equal(cf_override(&c, "smtp.tls=sometimes", err, sizeof err),
+	    -1);
+	assert_non_null(strstr(err, "-o:2: [smtp] tls"));
+	assert_int_equal(cf_override(&c, "nosuch.key=1", err, sizeof err), -1);
+	assert_non_null(strstr(err, "unknown section [nosuch]"));
+	assert_int_equal(cf_override(&c, "smtp.tls", err, sizeof err), -1);
+	assert_int_equal(cf_override(&c, "tls=none", err, sizeof err), -1);
+	cf_free(&c);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -290,6 +327,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_parsers),
 		cmocka_unit_test(test_sample_matches_defaults),
 		cmocka_unit_test(test_show_roundtrip),
+		cmocka_unit_test(test_overrides),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
