@@ -268,15 +268,24 @@ hw_encoded(hw *w, const char *str, size_t n)
 			w->col = 0;
 			continue;
 		}
-		size_t cap = room - EW_OVERHEAD, j = i, cost = 0;
+		size_t cap = room - EW_OVERHEAD, j = i, cost = 0, after_sp = 0;
 		while (j < n) {
 			size_t cl = u8len(s + j, n - j);
 			size_t nc = useq ? cost + q_cost(s + j, cl) :
 			    4 * ((j + cl - i + 2) / 3);
-			if (nc > cap && j > i)
+			if (nc > cap && j > i) {
+				/* end the word after a space when there is one:
+				 * readers that wrongly keep the folding whitespace
+				 * between encoded words (CPython in display names)
+				 * then only add a space next to a space */
+				if (after_sp > i)
+					j = after_sp;
 				break;
+			}
 			cost = nc;
 			j += cl;
+			if (s[j - 1] == ' ')
+				after_sp = j;
 		}
 		size_t before = w->out->len;
 		buf_adds(w->out, useq ? " =?utf-8?q?" : " =?utf-8?b?");
@@ -333,6 +342,53 @@ addr_ok(const char *a)
 	return nat == 1 && at > 0 && at < n - 1;
 }
 
+static bool
+plain_word(const char *s, size_t n)
+{
+	if (n > PLAIN_WORD_MAX || memmem(s, n, "=?", 2) != NULL)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!is_atext((unsigned char)s[i]))
+			return false;
+	return true;
+}
+
+/*
+ * A display name that needs encoding: words that are plain atoms stay
+ * plain, each run of other words becomes encoded words. Keeping encoded
+ * words apart where possible matters because readers disagree on the
+ * whitespace between two encoded words in a phrase (RFC 2047 drops it,
+ * CPython's email keeps it).
+ */
+static void
+hw_phrase(hw *w, const char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		size_t e = i;
+		while (e < n && s[e] != ' ')
+			e++;
+		if (plain_word(s + i, e - i)) {
+			hw_token(w, s + i, e - i);
+			i = e + 1;
+			continue;
+		}
+		/* extend the run over the following non-plain words */
+		size_t r = e;
+		while (r < n) {
+			size_t k = r + 1;
+			while (k < n && s[k] != ' ')
+				k++;
+			if (plain_word(s + r + 1, k - r - 1))
+				break;
+			r = k;
+		}
+		hw_encoded(w, s + i, r - i);
+		i = r + 1;
+	}
+}
+
 /* "Name: display <addr>" with the display name made safe. */
 static void
 hw_address(hw *w, const char *hname, const char *name, const char *addr,
@@ -360,7 +416,7 @@ hw_address(hw *w, const char *hname, const char *name, const char *addr,
 		if (s[i] != ' ' && !is_atext((unsigned char)s[i]))
 			atoms = false;
 	if (!is_ascii(s, n) || n > 60 || (memmem(s, n, "=?", 2) != NULL)) {
-		hw_encoded(w, s, n);
+		hw_phrase(w, s, n);
 	} else if (atoms) {
 		hw_words(w, s, n);
 	} else {

@@ -469,7 +469,8 @@ test_display_names(void **state)
 		{ "  \r\n ", "To: maria@example.com\r\n" },
 		{ "João", "To: =?utf-8?q?Jo=C3=A3o?= <maria@example.com>\r\n" },
 		{ "日本語のテキスト", "To: =?utf-8?b?5pel5pys6Kqe44Gu44OG44Kt44K544OI?= <maria@example.com>\r\n" },
-		{ "Conceição Aparecida", "To: =?utf-8?q?Concei=C3=A7=C3=A3o_Aparecida?= <maria@example.com>\r\n" },
+		{ "Conceição Aparecida", "To: =?utf-8?q?Concei=C3=A7=C3=A3o?= Aparecida <maria@example.com>\r\n" },
+		{ "Silva, João", "To: =?utf-8?q?Silva=2C_Jo=C3=A3o?= <maria@example.com>\r\n" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		mime_msg m = base_msg();
