@@ -248,11 +248,34 @@ canon_body(const char *s, size_t len, sink *k)
 	size_t empty = 0, i = 0;
 
 	while (i < len) {
-		const char *eol = memmem(s + i, len - i, "\r\n", 2);
-		size_t end = eol ? (size_t)(eol - s) : len;
-		size_t start = i;
+		/* one pass finds the line end and whether the line is already
+		 * canonical (no tab, no double space, no space at an end) */
+		size_t start = i, end = i;
+		bool simple = s[i] != ' ';
+		const char *eol = NULL;
+		for (; end < len; end++) {
+			char c = s[end];
+			if (c == '\r' && end + 1 < len && s[end + 1] == '\n') {
+				eol = s + end;
+				break;
+			}
+			if (c == '\t' || (c == ' ' && end + 1 < len &&
+			    (s[end + 1] == ' ' || s[end + 1] == '\r')))
+				simple = false;
+		}
+		if (end > start && s[end - 1] == ' ')
+			simple = false;
+		if (simple && end > start) {
+			while (empty > 0) {
+				sink_add(k, "\r\n", 2);
+				empty--;
+			}
+			sink_add(k, s + start, end - start);
+			sink_add(k, "\r\n", 2);
+			i = eol ? end + 2 : len;
+			continue;
+		}
 		bool wsp = false, any = false;
-
 		for (size_t j = start; j < end; j++) {
 			if (s[j] == ' ' || s[j] == '\t') {
 				wsp = true;
