@@ -248,21 +248,25 @@ canon_body(const char *s, size_t len, sink *k)
 	size_t empty = 0, i = 0;
 
 	while (i < len) {
-		/* one pass finds the line end and whether the line is already
-		 * canonical (no tab, no double space, no space at an end) */
-		size_t start = i, end = i;
-		bool simple = s[i] != ' ';
-		const char *eol = NULL;
-		for (; end < len; end++) {
-			char c = s[end];
-			if (c == '\r' && end + 1 < len && s[end + 1] == '\n') {
-				eol = s + end;
+		/* find the line end and whether the line is already canonical
+		 * (no tab, no double space, no space at either end) with
+		 * memchr, which scans many octets per step */
+		size_t start = i, end;
+		const char *eol = NULL, *p = s + i;
+		while ((p = memchr(p, '\r', len - (size_t)(p - s))) != NULL) {
+			if ((size_t)(p - s) + 1 < len && p[1] == '\n') {
+				eol = p;
 				break;
 			}
-			if (c == '\t' || (c == ' ' && end + 1 < len &&
-			    (s[end + 1] == ' ' || s[end + 1] == '\r')))
-				simple = false;
+			p++;
 		}
+		end = eol ? (size_t)(eol - s) : len;
+		bool simple = s[i] != ' ' &&
+		    memchr(s + start, '\t', end - start) == NULL;
+		for (p = s + start; simple && (p = memchr(p, ' ',
+		    end - (size_t)(p - s))) != NULL; p++)
+			if ((size_t)(p - s) + 1 < end && p[1] == ' ')
+				simple = false;
 		if (end > start && s[end - 1] == ' ')
 			simple = false;
 		if (simple && end > start) {
