@@ -39,6 +39,40 @@ repeat(const char *piece, size_t total)
 	return s;
 }
 
+/* Seeded random UTF-8 strings from hostile pieces, for extra cases. */
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static unsigned
+rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (unsigned)rng;
+}
+
+static char *
+rnd_str(size_t max)
+{
+	static const char *const pieces[] = { "\r\n", "\n", "\r", ".", "\r\n.\r\n",
+	    "Bcc: x@y", "=?utf-8?q?x?=", "ç", "ã", "É", "🎉", "日本", " ", "\t",
+	    "  ", "\"", "\\", ",", "<", ">", "From ", "=", "(", ")", ";", ":",
+	    "@", "a", "Z", "9", "_", "?", "\x01", "\x7f", "João", "Conceição" };
+	size_t n = rnd() % max, k = 0;
+	char *s = malloc(n * 16 + 1);
+	if (s == NULL)
+		abort();
+	for (size_t i = 0; i < n; i++) {
+		const char *p = pieces[rnd() % (sizeof pieces / sizeof pieces[0])];
+		memcpy(s + k, p, strlen(p));
+		k += strlen(p);
+	}
+	s[k] = '\0';
+	return s;
+}
+
+#define NRANDOM 40
+
 int
 main(int argc, char **argv)
 {
@@ -102,12 +136,23 @@ main(int argc, char **argv)
 		{ "Trailing = and spaces", "Loja", "Maria",
 		  "a=b \nc=\t\nçã=  \n", "<a href=\"x\">ç</a> \n", 0, 0 },
 	};
-	size_t ncases = sizeof cases / sizeof cases[0];
+	size_t nfixed = sizeof cases / sizeof cases[0];
+	size_t ncases = nfixed + NRANDOM;
+	struct tcase all[sizeof cases / sizeof cases[0] + NRANDOM];
+	char *rstr[NRANDOM * 5];
+	memcpy(all, cases, sizeof cases);
+	for (size_t i = 0; i < NRANDOM; i++) {
+		char **r = rstr + 5 * i;
+		for (int k = 0; k < 5; k++)
+			r[k] = rnd_str(k < 3 ? 40 : 300);
+		all[nfixed + i] = (struct tcase){ r[0], r[1], r[2],
+		    i % 7 == 3 ? NULL : r[3], i % 5 == 2 ? NULL : r[4], 0, 0 };
+	}
 	json_t *man = json_array();
 	buf_t msg = BUF_INIT, sig = BUF_INIT;
 
 	for (size_t i = 0; i < ncases; i++) {
-		const struct tcase *c = &cases[i];
+		const struct tcase *c = &all[i];
 		mime_msg m;
 		memset(&m, 0, sizeof m);
 		m.from_name = c->from_name;
@@ -178,6 +223,8 @@ out:
 	buf_free(&sig);
 	for (size_t i = 0; i < ns; i++)
 		dkim_signer_free(signers[i]);
+	for (size_t i = 0; i < NRANDOM * 5; i++)
+		free(rstr[i]);
 	free(long_ascii);
 	free(long_acc);
 	free(huge_subj);

@@ -128,7 +128,7 @@ def check_python(case, raw):
         a = msg[who].addresses[0]
         want = norm_name(case[who + "_name"])
         got = a.display_name
-        if len(raw_phrase_words(raw, who)) > 1:
+        if raw_phrase_words(raw, who):
             # CPython keeps the whitespace between two encoded words of a
             # display name (RFC 2047 6.2 says drop it): compare without
             # whitespace there; Perl MIME-tools compares exactly.
