@@ -439,27 +439,30 @@ hw_address(hw *w, const char *hname, const char *name, const char *addr,
 
 /* ---- bodies ---- */
 
-/* CRLF-normalise, drop NUL, make sure it ends with CRLF (if non-empty). */
+/* CRLF-normalise, drop NUL, make sure it ends with CRLF (if non-empty).
+ * Writes straight into reserved storage: this runs on every message. */
 static void
 normalize_body(const char *in, size_t len, buf_t *o)
 {
 	buf_reset(o);
-	buf_reserve(o, len + len / 32 + 2);
+	buf_reserve(o, 2 * len + 2);	/* worst case: every octet a bare LF */
+	char *w = o->p;
 	for (size_t i = 0; i < len; i++) {
 		char c = in[i];
-		if (c == '\0')
-			continue;
 		if (c == '\r') {
 			if (i + 1 < len && in[i + 1] == '\n')
 				i++;
-			buf_add(o, "\r\n", 2);
+			*w++ = '\r';
+			*w++ = '\n';
 		} else if (c == '\n') {
-			buf_add(o, "\r\n", 2);
-		} else {
-			buf_addc(o, c);
+			*w++ = '\r';
+			*w++ = '\n';
+		} else if (c != '\0') {
+			*w++ = c;
 		}
 	}
-	if (o->len > 0 && (o->len < 2 || o->p[o->len - 1] != '\n'))
+	o->len = (size_t)(w - o->p);
+	if (o->len > 0 && o->p[o->len - 1] != '\n')
 		buf_add(o, "\r\n", 2);
 	buf_cstr(o);
 }
@@ -524,11 +527,14 @@ qp_encode(const char *s, size_t n, buf_t *o)
 {
 	size_t col = 0;
 
-	buf_reserve(o, n + n / 4 + 8);
+	/* worst case: every octet =XX plus a soft break per 25 of them */
+	buf_reserve(o, 3 * n + 3 * (n / 25 + 1) + 8);
+	char *w = o->p + o->len;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c == '\r' && i + 1 < n && s[i + 1] == '\n') {
-			buf_add(o, "\r\n", 2);
+			*w++ = '\r';
+			*w++ = '\n';
 			col = 0;
 			i++;
 			continue;
@@ -540,30 +546,32 @@ qp_encode(const char *s, size_t n, buf_t *o)
 			enc = eol;
 		else
 			enc = c < 0x20 || c >= 0x7f || c == '=';
-		if (col == 0 && (c == '.' ||
-		    (c == 'F' && n - i >= 5 && memcmp(s + i, "From ", 5) == 0)))
-			enc = true;
 		size_t tl = enc ? 3 : 1;
 		/* keep room for the soft-break '=' unless this ends the line */
 		if (col + tl > (eol ? QP_LINE : QP_LINE - 1)) {
-			buf_add(o, "=\r\n", 3);
+			*w++ = '=';
+			*w++ = '\r';
+			*w++ = '\n';
 			col = 0;
-			if (c == '.' || (c == 'F' && n - i >= 5 &&
-			    memcmp(s + i, "From ", 5) == 0)) {
-				enc = true;
-				tl = 3;
-			}
+		}
+		if (col == 0 && (c == '.' ||
+		    (c == 'F' && n - i >= 5 && memcmp(s + i, "From ", 5) == 0))) {
+			enc = true;
+			tl = 3;
 		}
 		if (enc) {
-			char t[3] = { '=', hexdig[c >> 4], hexdig[c & 15] };
-			buf_add(o, t, 3);
+			*w++ = '=';
+			*w++ = hexdig[c >> 4];
+			*w++ = hexdig[c & 15];
 		} else {
-			buf_addc(o, (char)c);
+			*w++ = (char)c;
 		}
 		col += tl;
 	}
+	o->len = (size_t)(w - o->p);
 	if (o->len > 0 && o->p[o->len - 1] != '\n')
 		buf_add(o, "=\r\n", 3);
+	buf_cstr(o);
 }
 
 static void
@@ -814,26 +822,31 @@ fail:
 void
 mime_dot_stuff(const char *in, size_t len, buf_t *out)
 {
-	bool bol = true;
+	size_t i = 0;
 
-	buf_reserve(out, len + len / 64 + 4);
-	for (size_t i = 0; i < len; i++) {
-		char c = in[i];
-		if (bol && c == '.')
+	buf_reserve(out, len + len / 32 + 4);
+	/* each turn starts at the beginning of a line; clean CRLF lines are
+	 * copied whole */
+	while (i < len) {
+		if (in[i] == '.')
 			buf_addc(out, '.');
-		bol = false;
-		if (c == '\r') {
-			if (i + 1 < len && in[i + 1] == '\n')
-				i++;
+		const char *nl = memchr(in + i, '\n', len - i);
+		size_t end = nl ? (size_t)(nl - in) : len;
+		const char *cr = memchr(in + i, '\r', end - i);
+		if (cr == NULL) {		/* bare LF, or no line end */
+			buf_add(out, in + i, end - i);
 			buf_add(out, "\r\n", 2);
-			bol = true;
-		} else if (c == '\n') {
+			i = nl ? end + 1 : len;
+		} else if (nl != NULL && cr == nl - 1) {	/* CRLF */
+			buf_add(out, in + i, end + 1 - i);
+			i = end + 1;
+		} else {			/* bare CR ends the line */
+			size_t c = (size_t)(cr - in);
+			buf_add(out, in + i, c - i);
 			buf_add(out, "\r\n", 2);
-			bol = true;
-		} else {
-			buf_addc(out, c);
+			i = c + 1;
 		}
 	}
-	if (!bol || len == 0)
+	if (len == 0)
 		buf_add(out, "\r\n", 2);
 }
