@@ -317,13 +317,16 @@ dkim_canon_body(const char *body, size_t len, buf_t *out)
 	canon_body(body, len, &k);
 }
 
-/* RFC 6376 3.4.2 for one field (name through its final CRLF, if any). */
+/* RFC 6376 3.4.2 for one field (name through its final CRLF, if any).
+ * The result is never longer than the field + 3: written in place. */
 static void
 canon_header(const char *f, size_t len, buf_t *out)
 {
 	size_t i = 0, colon;
 	bool wsp = false, any = false;
 
+	buf_reserve(out, len + 3);
+	char *w = out->p + out->len;
 	while (i < len && f[i] != ':')
 		i++;
 	colon = i;
@@ -331,9 +334,9 @@ canon_header(const char *f, size_t len, buf_t *out)
 		colon--;
 	for (size_t j = 0; j < colon; j++) {
 		char c = f[j];
-		buf_addc(out, (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c);
+		*w++ = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
 	}
-	buf_addc(out, ':');
+	*w++ = ':';
 	for (i++; i < len; i++) {
 		char c = f[i];
 		if (c == '\r' || c == '\n' || c == ' ' || c == '\t') {
@@ -341,12 +344,15 @@ canon_header(const char *f, size_t len, buf_t *out)
 			continue;
 		}
 		if (wsp && any)
-			buf_addc(out, ' ');
+			*w++ = ' ';
 		wsp = false;
 		any = true;
-		buf_addc(out, c);
+		*w++ = c;
 	}
-	buf_add(out, "\r\n", 2);
+	*w++ = '\r';
+	*w++ = '\n';
+	out->len = (size_t)(w - out->p);
+	*w = '\0';
 }
 
 void

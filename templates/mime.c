@@ -467,6 +467,27 @@ normalize_body(const char *in, size_t len, buf_t *o)
 	buf_cstr(o);
 }
 
+/* 1 = octet QP may leave literal (space and tab too, except at a line
+ * end); built once, read-only afterwards. */
+static const unsigned char qp_lit[256] = {
+	['\t'] = 1, [' '] = 1, ['!'] = 1, ['"'] = 1, ['#'] = 1, ['$'] = 1,
+	['%'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1, [')'] = 1, ['*'] = 1,
+	['+'] = 1, [','] = 1, ['-'] = 1, ['.'] = 1, ['/'] = 1, ['0'] = 1,
+	['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+	['7'] = 1, ['8'] = 1, ['9'] = 1, [':'] = 1, [';'] = 1, ['<'] = 1,
+	['>'] = 1, ['?'] = 1, ['@'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1,
+	['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+	['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1,
+	['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,
+	['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['['] = 1,
+	['\\'] = 1, [']'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['a'] = 1,
+	['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1,
+	['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1,
+	['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,
+	['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,
+	['z'] = 1, ['{'] = 1, ['|'] = 1, ['}'] = 1, ['~'] = 1,
+};
+
 enum cte { CTE_7BIT, CTE_QP, CTE_B64 };
 static const char *const cte_names[] = { "7bit", "quoted-printable", "base64" };
 
@@ -474,30 +495,32 @@ static const char *const cte_names[] = { "7bit", "quoted-printable", "base64" };
 static enum cte
 pick(const char *s, size_t n, const char *delim)
 {
-	size_t esc = 0, line = 0, maxline = 0;
-	bool trailing_ws = false, clean = true;
+	size_t esc = 0, maxline = 0, i = 0;
+	bool trailing_ws = false;
 
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '\r' && i + 1 < n && s[i + 1] == '\n') {
-			if (i > 0 && (s[i - 1] == ' ' || s[i - 1] == '\t'))
-				trailing_ws = true;
-			if (line > maxline)
-				maxline = line;
-			line = 0;
-			i++;
-			continue;
-		}
-		line++;
-		if (c >= 0x80 || (c < 0x20 && c != '\t') || c == 0x7f) {
-			esc++;
-			clean = false;
-		} else if (c == '=') {
-			esc++;
-		}
+	while (i < n) {
+		const char *cr = memchr(s + i, '\r', n - i);
+		while (cr != NULL && !((size_t)(cr - s) + 1 < n && cr[1] == '\n'))
+			cr = memchr(cr + 1, '\r', n - (size_t)(cr + 1 - s));
+		size_t e = cr ? (size_t)(cr - s) : n;
+		if (e - i > maxline)
+			maxline = e - i;
+		if (e > i && (s[e - 1] == ' ' || s[e - 1] == '\t'))
+			trailing_ws = true;
+		for (; i < e; i++)
+			esc += !qp_lit[(unsigned char)s[i]];
+		i = cr ? e + 2 : n;
 	}
-	if (line > maxline)
-		maxline = line;
+	/* esc counts '=' too; 7bit only needs the absence of the others */
+	bool clean = true;
+	if (esc > 0)
+		for (i = 0; i < n && clean; i++) {
+			unsigned char c = (unsigned char)s[i];
+			if (c >= 0x80 || c == 0x7f || (c < 0x20 && c != '\t' &&
+			    !(c == '\r' && i + 1 < n && s[i + 1] == '\n') &&
+			    !(c == '\n' && i > 0 && s[i - 1] == '\r')))
+				clean = false;
+		}
 	if (clean && maxline <= FOLD_AT && !trailing_ws &&
 	    (delim == NULL || memmem(s, n, delim, strlen(delim)) == NULL))
 		return CTE_7BIT;
@@ -522,55 +545,63 @@ mime_pick_encoding(const char *body, size_t len)
  * or "From " at the start of an output line encoded so that neither dot
  * handling nor mbox munging can touch it.
  */
+/*
+ * Quoted-printable (RFC 2045 6.7), line by line over CRLF-normalised text:
+ * lines <= 76 with soft breaks, '=' and controls and 8-bit encoded,
+ * whitespace before a line end encoded, a '.' or "From " at the start of an
+ * output line encoded so that neither dot handling nor mbox munging can
+ * touch it. Writes straight into reserved storage.
+ */
 static void
 qp_encode(const char *s, size_t n, buf_t *o)
 {
-	size_t col = 0;
+	size_t i = 0;
 
 	/* worst case: every octet =XX plus a soft break per 25 of them */
 	buf_reserve(o, 3 * n + 3 * (n / 25 + 1) + 8);
 	char *w = o->p + o->len;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '\r' && i + 1 < n && s[i + 1] == '\n') {
+	while (i < n) {
+		const char *cr = memchr(s + i, '\r', n - i);
+		while (cr != NULL && !((size_t)(cr - s) + 1 < n && cr[1] == '\n'))
+			cr = memchr(cr + 1, '\r', n - (size_t)(cr + 1 - s));
+		size_t e = cr ? (size_t)(cr - s) : n, col = 0;
+		for (; i < e; i++) {
+			unsigned char c = (unsigned char)s[i];
+			bool last = i + 1 == e;
+			bool enc = !qp_lit[c] || (last && (c == ' ' || c == '\t'));
+			size_t tl = enc ? 3 : 1;
+			/* room for the soft-break '=' unless this ends the line */
+			if (col + tl > (last ? QP_LINE : QP_LINE - 1)) {
+				*w++ = '=';
+				*w++ = '\r';
+				*w++ = '\n';
+				col = 0;
+			}
+			if (col == 0 && (c == '.' || (c == 'F' && n - i >= 5 &&
+			    memcmp(s + i, "From ", 5) == 0))) {
+				enc = true;
+				tl = 3;
+			}
+			if (enc) {
+				*w++ = '=';
+				*w++ = hexdig[c >> 4];
+				*w++ = hexdig[c & 15];
+			} else {
+				*w++ = (char)c;
+			}
+			col += tl;
+		}
+		if (cr != NULL) {
 			*w++ = '\r';
 			*w++ = '\n';
-			col = 0;
-			i++;
-			continue;
-		}
-		bool eol = i + 1 >= n || (s[i + 1] == '\r' && i + 2 < n &&
-		    s[i + 2] == '\n');
-		bool enc;
-		if (c == ' ' || c == '\t')
-			enc = eol;
-		else
-			enc = c < 0x20 || c >= 0x7f || c == '=';
-		size_t tl = enc ? 3 : 1;
-		/* keep room for the soft-break '=' unless this ends the line */
-		if (col + tl > (eol ? QP_LINE : QP_LINE - 1)) {
-			*w++ = '=';
+			i = e + 2;
+		} else if (col > 0) {
+			*w++ = '=';	/* no final line break: soft one */
 			*w++ = '\r';
 			*w++ = '\n';
-			col = 0;
 		}
-		if (col == 0 && (c == '.' ||
-		    (c == 'F' && n - i >= 5 && memcmp(s + i, "From ", 5) == 0))) {
-			enc = true;
-			tl = 3;
-		}
-		if (enc) {
-			*w++ = '=';
-			*w++ = hexdig[c >> 4];
-			*w++ = hexdig[c & 15];
-		} else {
-			*w++ = (char)c;
-		}
-		col += tl;
 	}
 	o->len = (size_t)(w - o->p);
-	if (o->len > 0 && o->p[o->len - 1] != '\n')
-		buf_add(o, "=\r\n", 3);
 	buf_cstr(o);
 }
 
