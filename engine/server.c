@@ -258,7 +258,7 @@ static int intake_contact(void *arg, json_t *c, unsigned long line)
 		}
 		snprintf(in->code, sizeof in->code, "invalid_contact");
 		snprintf(in->err, sizeof in->err, "%s", aerr);
-		snprintf(in->where, sizeof in->where, "%s", where);
+		snprintf(in->where, sizeof in->where, "%.500s", where);
 		return -1;
 	}
 	if (e && *e)
