@@ -739,7 +739,8 @@ conn_input(struct conn *c, const char *p, size_t n)
 
 /* ---------- I/O ---------- */
 
-static void
+/* Advance the handshake; returns -1 if the connection was freed. */
+static int
 tls_step(struct conn *c)
 {
 	ERR_clear_error();
@@ -752,21 +753,22 @@ tls_step(struct conn *c)
 		envelope_reset(c);
 		conn_set_state(c, CS_CMD);
 		conn_update(c);
-		return;
+		return 0;
 	}
 	int e = SSL_get_error(c->ssl, r);
 	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
 		ev_io_stop(c->sink->loop, &c->wio);
 		if (e == SSL_ERROR_WANT_WRITE)
 			ev_io_start(c->sink->loop, &c->wio);
-		return;
+		return 0;
 	}
 	c->l->tls_failed++;
 	log_debug("sink: TLS handshake failed on fd %d", c->fd);
 	conn_free(c);
+	return -1;
 }
 
-static void
+static int
 tls_start(struct conn *c)
 {
 	c->tls_pending = 0;
@@ -775,7 +777,7 @@ tls_start(struct conn *c)
 	SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	buf_reset(&c->line);
-	tls_step(c);
+	return tls_step(c);
 }
 
 /* Write pending output; returns -1 if the connection was freed. */
@@ -816,7 +818,7 @@ conn_write(struct conn *c)
 			return -1;
 		}
 		if (c->tls_pending)
-			tls_start(c);
+			return tls_start(c);
 	}
 	return 0;
 }
@@ -884,7 +886,7 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
 	(void)revents;
 	struct conn *c = w->data;
 	if (c->st == CS_TLS && c->ssl != NULL) {
-		tls_step(c);
+		(void)tls_step(c);
 		return;
 	}
 	if (conn_write(c) < 0)
@@ -902,7 +904,7 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
 	struct sink *s = c->sink;
 	if (c->st == CS_TLS) {
 		if (c->ssl != NULL)
-			tls_step(c);
+			(void)tls_step(c);
 		else {
 			/* Input before the handshake starts is discarded (RFC 3207). */
 			ssize_t r = recv(c->fd, s->iobuf, sizeof s->iobuf, 0);
