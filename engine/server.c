@@ -589,7 +589,7 @@ static json_t *camp_json(struct srv *s, struct scamp *sc, q_txn *t)
 	uint64_t end = sc->done_ms ? sc->done_ms : now_ms();
 	double secs = end > sc->accepted_ms ? (end - sc->accepted_ms) / 1000.0
 		: 0;
-	json_t *j = json_pack("{sIsssssssIsIsIsIsIsIsIsIsIsIsIsIsf}",
+	json_t *j = json_pack("{sIsssssssIsIsIsIsIsIsIsIsIsIsIsf}",
 		"id", (json_int_t)sc->cid, "name", sc->camp->name,
 		"state", sc->state,
 		"priority", sc->camp->priority == CAMP_TRANSACTIONAL
