@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from carteiro_test import Engine, World  # noqa: E402
 
-BIN = sys.argv[1]
+BIN = os.path.abspath(sys.argv[1])
 failures = 0
 
 
