@@ -330,13 +330,21 @@ ctl *ctl_new(struct ev_loop *loop, const char *path, const struct ctl_ops *ops,
 	return s;
 }
 
+void ctl_stop_listening(ctl *s)
+{
+	if (!s || s->fd < 0)
+		return;
+	ev_io_stop(s->loop, &s->lio);
+	close(s->fd);
+	s->fd = -1;
+	unlink(s->path);
+}
+
 void ctl_free(ctl *s)
 {
 	if (!s)
 		return;
-	ev_io_stop(s->loop, &s->lio);
-	close(s->fd);
-	unlink(s->path);
+	ctl_stop_listening(s);
 	while (s->conns)
 		conn_close(s->conns);
 	free(s->path);

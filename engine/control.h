@@ -31,6 +31,8 @@ struct ctl_ops {
 
 ctl *ctl_new(struct ev_loop *loop, const char *path, const struct ctl_ops *ops,
 	void *arg, char *err, size_t errlen);
+/* Stop accepting connections (shutdown); open ones keep working. */
+void ctl_stop_listening(ctl *c);
 void ctl_free(ctl *c);
 
 /* Sends {"ok":true, ...members of result} (result may be NULL); steals. */

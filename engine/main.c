@@ -220,7 +220,7 @@ static int cmd_serve(const struct opts *o)
 
 /* ---- submit ---- */
 
-static void progress(json_t *c, bool tty, double *last_print)
+static void progress(json_t *c, bool tty, double *last_print, bool force)
 {
 	json_int_t total = geti(c, "total"), fin = geti(c, "finished");
 	double rate = json_real_value(json_object_get(c, "rate"));
@@ -228,7 +228,7 @@ static void progress(json_t *c, bool tty, double *last_print)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	double now = (double)ts.tv_sec + ts.tv_nsec / 1e9;
-	if (!tty && now - *last_print < 2.0)
+	if (!tty && !force && now - *last_print < 2.0)
 		return;
 	*last_print = now;
 	char bar[31];
@@ -277,9 +277,11 @@ static int wait_campaign(const struct opts *o, json_int_t id)
 			return 1;
 		json_t *c = json_array_get(json_object_get(r, "campaigns"), 0);
 		const char *st = json_string_value(json_object_get(c, "state"));
+		bool fin = st && (strcmp(st, "done") == 0 ||
+			strcmp(st, "cancelled") == 0);
 		if (!o->quiet)
-			progress(c, tty, &last);
-		if (st && (strcmp(st, "done") == 0 || strcmp(st, "cancelled") == 0)) {
+			progress(c, tty, &last, fin);
+		if (fin) {
 			if (!o->quiet) {
 				if (tty)
 					fputc('\n', stderr);

@@ -1280,8 +1280,7 @@ static void begin_stop(struct srv *s)
 		return;
 	s->stopping = true;
 	log_info("stopping: finishing the messages in flight");
-	ctl_free(s->ctl);
-	s->ctl = NULL;
+	ctl_stop_listening(s->ctl);
 	for (struct intake *in = s->intakes; in; in = in->next)
 		in->cancel = 1;
 	dl_drain(s->dl);
