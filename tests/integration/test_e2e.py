@@ -32,6 +32,7 @@ from carteiro_test import Engine, World, port_open, wait_until  # noqa: E402
 
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 MX1, MX2, DNS = "127.10.1.1", "127.10.1.2", "127.10.1.53"
+MX3, MX4 = "127.10.1.3", "127.10.1.4"     # defer-once and bounce sinks
 DNS_PORT = 5353
 N = 1000
 
@@ -54,6 +55,13 @@ def check(name, cond, detail=""):
         print(f"not ok - {name} {detail}"[:2000])
 
 
+def _try(f):
+    try:
+        return f()
+    except (OSError, ValueError):
+        return False
+
+
 def dnsmasq(w, domains):
     conf = w.path("dnsmasq.conf")
     with open(conf, "w") as f:
@@ -67,6 +75,12 @@ def dnsmasq(w, domains):
             else:              # both, mx1 preferred
                 f.write(f"mx-host={d},mx1.e2e.test,10\n")
                 f.write(f"mx-host={d},mx2.e2e.test,20\n")
+        f.write("host-record=mx3.e2e.test,%s\n" % MX3)
+        f.write("host-record=mx4.e2e.test,%s\n" % MX4)
+        f.write("mx-host=adiado.e2e.test,mx3.e2e.test,10\n")
+        f.write("mx-host=recusa.e2e.test,mx4.e2e.test,10\n")
+        # No MX at all: the domain's own address (implicit MX).
+        f.write("host-record=semmx.e2e.test,%s\n" % MX1)
         # RFC 7505 null MX: preference 0, root target.
         f.write("dns-rr=nullmx.e2e.test,15,000000\n")
         f.write("local=/e2e.test/\n")
@@ -96,7 +110,9 @@ def main():
         dnsmasq(w, domains)
         save = w.path("saved")
         os.mkdir(save)
-        w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25", "--ready-file",
+        w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25",
+                 "-l", f"{MX3}:25,defer=100", "-l", f"{MX4}:25,bounce=100",
+                 "--ready-file",
                  w.path("sink.ready"), "--save", save, "--stats",
                  w.path("sink-stats.json")], "sink")
         wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
@@ -115,12 +131,22 @@ def main():
                 "last_name": "Nula", "city": "Recife", "order": "P2"},
                {"email": "caio@naoexiste.e2e.test", "first_name": "Caio",
                 "last_name": "Sem", "city": "Natal", "order": "P3"}]
+        # Deferred once then accepted; refused (550 5.1.1); no MX record.
+        extra = [{"email": f"adiado{i}@adiado.e2e.test", "first_name": "Íris",
+                  "last_name": "Adiada", "city": "Olinda",
+                  "order": f"A{i}"} for i in range(5)]
+        extra += [{"email": f"recusa{i}@recusa.e2e.test",
+                   "first_name": "Ênio", "last_name": "Recusado",
+                   "city": "Olinda", "order": f"R{i}"} for i in range(5)]
+        extra += [{"email": "semmx@semmx.e2e.test", "first_name": "Olga",
+                   "last_name": "Implícita", "city": "Olinda",
+                   "order": "I1"}]
         with open(w.path("contacts.csv"), "w", newline="",
                   encoding="utf-8") as f:
             wr = csv.DictWriter(f, ["email", "first_name", "last_name",
                                     "city", "order"])
             wr.writeheader()
-            for c in contacts + bad:
+            for c in contacts + bad + extra:
                 wr.writerow(c)
         camp = {
             "name": "e2e — pedidos",
@@ -140,6 +166,10 @@ def main():
         e = Engine(w, CARTEIRO, f"""[dns]
 servers = {DNS}:{DNS_PORT}
 timeout = 2s
+
+[retry]
+schedule = 1s
+jitter = 0%
 """).start()
         r = e.cli("submit", "--wait", "--quiet", w.path("campaign.json"),
                   timeout=600)
@@ -147,10 +177,11 @@ timeout = 2s
         st = e.req({"op": "status", "id": cid, "sites": True})
         c = st["campaigns"][0]
         check("campaign done", c["state"] == "done", json.dumps(c))
-        check(f"{N} delivered", c["delivered"] == N, json.dumps(c))
-        check("3 bounced (null MX, NXDOMAIN)", c["bounced"] == 3,
+        check(f"{N} + 6 delivered", c["delivered"] == N + 6, json.dumps(c))
+        check("8 bounced (null MX, NXDOMAIN, 550)", c["bounced"] == 8,
               json.dumps(c))
-        check("nothing deferred", c["deferrals"] == 0, json.dumps(c))
+        check("5 deferred once (451), then delivered", c["deferrals"] == 5,
+              json.dumps(c))
 
         # The sink's copies: exactly one per contact.
         got = {}
@@ -166,8 +197,10 @@ timeout = 2s
                 if not l.startswith(b"X-Sink-Envelope:"))
             for rc in rcpts:
                 got.setdefault(rc, []).append(msg_bytes)
+        want = [x["email"] for x in contacts + extra
+                if "recusa" not in x["email"]]
         check("every contact got exactly one message",
-              sorted(got) == sorted(x["email"] for x in contacts) and
+              sorted(got) == sorted(want) and
               all(len(v) == 1 for v in got.values()),
               f"{len(got)} recipients")
 
@@ -221,25 +254,62 @@ timeout = 2s
         delivered = [x for x in ev if x.get("event") == "delivered"]
         bounced = [x for x in ev if x.get("event") == "bounced"]
         check("event log: one delivered line per message",
-              len(delivered) == N and
-              len({x["msg"] for x in delivered}) == N, str(len(delivered)))
+              len({x["msg"] for x in delivered}) == len(delivered) == N + 6,
+              str(len(delivered)))
+        dns_b = [x for x in bounced if "e2e.test" in x["rcpt"] and
+                 "recusa" not in x["rcpt"]]
         check("event log: bounces at DNS, no connection",
-              len(bounced) == 3 and all(
+              len(dns_b) == 3 and all(
                   x.get("category") == "bad_domain" and "mx" not in x
-                  for x in bounced), json.dumps(bounced))
+                  for x in dns_b), json.dumps(dns_b))
+        hard = [x for x in bounced if "recusa" in x["rcpt"]]
+        check("event log: 550 5.1.1 is a bad_mailbox bounce",
+              len(hard) == 5 and all(
+                  x.get("code") == 550 and x.get("enhanced") == "5.1.1" and
+                  x.get("category") == "bad_mailbox" for x in hard),
+              json.dumps(hard[:1]))
+        deferred = [x for x in ev if x.get("event") == "deferred"]
+        retried = [x for x in delivered if "adiado" in x["rcpt"]]
+        check("event log: 451 deferred, delivered on attempt 2",
+              len(deferred) == 5 and all(x.get("code") == 451
+                                         for x in deferred) and
+              len(retried) == 5 and all(x["attempt"] == 2
+                                        for x in retried),
+              json.dumps(deferred[:1] + retried[:1]))
+        sup = e.req({"op": "suppress", "action": "list"})["suppressed"]
+        check("hard bounces are on the suppression list",
+              sorted(x["address"] for x in sup) ==
+              sorted(f"recusa{i}@recusa.e2e.test" for i in range(5)),
+              json.dumps(sup))
+        w.procs[1][1].send_signal(10)   # SIGUSR1: the sink writes stats
+        stats = {}
+
+        def read_stats():
+            with open(w.path("sink-stats.json")) as f:
+                stats.update(json.load(f))
+            return True
+        wait_until("sink stats", lambda: _try(read_stats), 10)
+        conns = sum(x.get("connections", {}).get("total", 0)
+                    if isinstance(x.get("connections"), dict)
+                    else x.get("connections_total", 0)
+                    for x in stats.get("listeners", []))
+        check("connections are reused for several messages",
+              0 < conns < N / 5, f"{conns} connections")
         fields = {"ts", "campaign", "msg", "rcpt", "event", "site", "mx",
                   "code", "reply", "attempt", "ms"}
         check("delivered events carry the documented fields",
+              len(delivered) == N + 6 and
               all(fields <= set(x) for x in delivered),
               json.dumps(delivered[0]))
         sites = st["engine"].get("sites", [])
         keys = sorted(s["site"] for s in sites)
-        check("MX rollup: three sites for 24 domains",
+        check("MX rollup: three sites for 24 domains (+ 3 others)",
               keys == ["mx1.e2e.test", "mx1.e2e.test,mx2.e2e.test",
-                       "mx2.e2e.test"], str(keys))
+                       "mx2.e2e.test", "mx3.e2e.test", "mx4.e2e.test",
+                       "semmx.e2e.test"], str(keys))
         r = e.cli("status", str(cid))
         check("carteiro status shows the campaign",
-              b"done" in r.stdout and b"1000" in r.stdout,
+              b"done" in r.stdout and b"1006" in r.stdout,
               r.stdout.decode())
         e.stop()
     finally:

@@ -7,6 +7,7 @@ usage: test_submit.py CARTEIRO_BINARY
 """
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
@@ -136,6 +137,24 @@ def main():
         r = e.cli("cancel", r.stdout.decode().strip())
         check("cancel", b"cancelled" in r.stdout, r.stdout.decode())
         e.stop()
+
+        # Configuration errors stop start-up with FILE:LINE.
+        bad = write("bad.conf", "[smtp]\ntls = sometimes\n")
+        r = subprocess.run([BIN, "config", "check", "-c", bad],
+                           capture_output=True)
+        check("config check names FILE:LINE",
+              r.returncode != 0 and f"{bad}:2: [smtp] tls".encode() in
+              r.stderr, r.stderr.decode())
+        bad2 = write("bad2.conf", "[smtpp]\nx = 1\n")
+        r = subprocess.run([BIN, "serve", "-c", bad2], capture_output=True,
+                           timeout=30)
+        check("serve refuses an unknown section with FILE:LINE",
+              r.returncode != 0 and f"{bad2}:1: unknown section".encode()
+              in r.stderr, r.stderr.decode())
+        r = subprocess.run([BIN, "config", "show"], capture_output=True)
+        check("config show prints the embedded defaults",
+              r.returncode == 0 and b"[queue]" in r.stdout and
+              b"sync = group" in r.stdout, r.stdout.decode()[:200])
     finally:
         w.close()
     print(f"{failures} failed")
