@@ -971,8 +971,42 @@ void dl_campaign(dl *d, struct camp *c, bool paused)
 	ev_timer_start(d->loop, &d->soon);
 }
 
+/* Forget the messages of cid that wait in memory for a session: they stay
+ * due in the queue (pause) or are about to be cancelled there. */
+static void drop_waiting(struct dl *d, uint32_t cid)
+{
+	size_t pos = 0;
+	const char *k;
+	void *v;
+	while (ht_next(&d->domains, &pos, &k, &v)) {
+		struct ddom *dom = v;
+		struct dmsg **pp = &dom->head;
+		size_t dropped = 0;
+		while (*pp) {
+			struct dmsg *m = *pp;
+			if (m->due.cid != cid) {
+				pp = &m->next;
+				continue;
+			}
+			*pp = m->next;
+			ht_set_del(&d->inflight, m->id);
+			d->active--;
+			dmsg_free(m);
+			dropped++;
+		}
+		dom->tail = &dom->head;
+		while (*dom->tail)
+			dom->tail = &(*dom->tail)->next;
+		dom->nq -= dropped;
+		if (dom->in_ring && dom->site)
+			dom->site->queued -= dropped;
+	}
+}
+
 void dl_pause(dl *d, uint32_t cid, bool paused)
 {
+	if (paused)
+		drop_waiting(d, cid);
 	for (struct dcamp *c = d->camps; c; c = c->next)
 		if (c->cid == cid) {
 			c->paused = paused;
@@ -984,6 +1018,7 @@ void dl_pause(dl *d, uint32_t cid, bool paused)
 
 void dl_forget(dl *d, uint32_t cid)
 {
+	drop_waiting(d, cid);
 	for (struct dcamp **pp = &d->camps; *pp; pp = &(*pp)->next)
 		if ((*pp)->cid == cid) {
 			struct dcamp *c = *pp;
