@@ -11,6 +11,7 @@
  */
 #include "queue/queue.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
@@ -751,21 +752,40 @@ int q_due_scan(q_txn *t, uint32_t cid, const struct q_due *from,
 
 /* ---- suppression ---- */
 
+/* Suppression is by address, case-insensitively: mailbox providers treat
+ * local parts that way, and a list that misses "Ana@" for "ana@" is not a
+ * suppression list. Keys are stored lowercase. */
+static size_t lower_key(const char *addr, char *k, size_t klen)
+{
+	size_t n = 0;
+	for (; addr[n] && n < klen - 1; n++)
+		k[n] = (char)tolower((unsigned char)addr[n]);
+	k[n] = 0;
+	return addr[n] ? 0 : n;
+}
+
 int q_suppress_put(q_txn *t, const char *addr, const char *json,
 	char *err, size_t errlen)
 {
-	return put(t, T_SUPPRESS, addr, strlen(addr), json, strlen(json), err,
-		errlen);
+	char k[512];
+	size_t l = lower_key(addr, k, sizeof k);
+	if (!l) {
+		snprintf(err, errlen, "queue: bad address for the suppression "
+			"list");
+		return -1;
+	}
+	return put(t, T_SUPPRESS, k, l, json, strlen(json), err, errlen);
 }
 
 int q_suppress_get(q_txn *t, const char *addr, const char **json,
 	size_t *len)
 {
 	const void *v;
-	size_t l = strlen(addr);
-	if (l == 0 || l > 511)
+	char k[512];
+	size_t l = lower_key(addr, k, sizeof k);
+	if (l == 0)
 		return 0;
-	int rc = get(t, T_SUPPRESS, addr, l, &v, len);
+	int rc = get(t, T_SUPPRESS, k, l, &v, len);
 	if (rc == 1 && json)
 		*json = v;
 	return rc;
@@ -773,7 +793,9 @@ int q_suppress_get(q_txn *t, const char *addr, const char **json,
 
 int q_suppress_del(q_txn *t, const char *addr, char *err, size_t errlen)
 {
-	return del(t, T_SUPPRESS, addr, strlen(addr), err, errlen);
+	char k[512];
+	size_t l = lower_key(addr, k, sizeof k);
+	return l ? del(t, T_SUPPRESS, k, l, err, errlen) : 0;
 }
 
 struct supp_each {
