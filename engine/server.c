@@ -1416,7 +1416,7 @@ int srv_run(struct cf *cf)
 	unsigned threads = cf->render_threads ? cf->render_threads
 		: (unsigned)(ncpu > 0 ? ncpu : 1);
 	struct rd_ops rops = { on_rendered };
-	if (!(s->rd = rd_new(s->q, s->ev, s->loop, threads, 256,
+	if (!(s->rd = rd_new(s->q, s->ev, s->loop, threads, 512,
 	    cf->render_ahead, &s->env, &rops, s, err, sizeof err)))
 		goto fail;
 	if (!(s->dl = dl_new(s->loop, cf, s->q, s->cm, &s->env, err,
