@@ -1089,6 +1089,11 @@ json_t *dl_status(dl *d, bool sites)
 	json_t *j = json_pack("{sIsIsI}", "inflight", (json_int_t)d->active,
 		"connections", (json_int_t)d->nsess, "domains",
 		(json_int_t)d->domains.len);
+	struct tls_stats ts;
+	tls_client_stats(d->tls, &ts);
+	json_object_set_new(j, "tls", json_pack("{sIsIsI}", "full",
+		(json_int_t)ts.full, "resumed", (json_int_t)ts.resumed, "failed",
+		(json_int_t)ts.failed));
 	if (!sites)
 		return j;
 	json_t *arr = json_array();

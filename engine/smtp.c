@@ -474,6 +474,13 @@ static void end(struct smtp_session *s, int code, const char *why,
 	ev_io_stop(s->loop, &s->wio);
 	ev_timer_stop(s->loop, &s->tm);
 	if (s->ssl) {
+		/* A close_notify keeps the session resumable (OpenSSL drops
+		 * sessions of connections that end without one). */
+		if (s->tls_on) {
+			ERR_clear_error();
+			SSL_shutdown(s->ssl);
+			ERR_clear_error();
+		}
 		SSL_free(s->ssl);
 		s->ssl = NULL;
 	}
@@ -945,8 +952,18 @@ static void on_readable(struct smtp_session *s)
 				int e = SSL_get_error(s->ssl, r);
 				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
 					break;
-				end(s, 0, e == SSL_ERROR_ZERO_RETURN ? "connection "
-					"closed by the server" : "TLS read failed", false);
+				char why[300];
+				if (e == SSL_ERROR_ZERO_RETURN ||
+				    e == SSL_ERROR_SYSCALL || ERR_peek_error() == 0) {
+					snprintf(why, sizeof why, "connection closed by the "
+						"server");
+				} else {
+					char ossl[200];
+					tls_error_string(ossl, sizeof ossl);
+					snprintf(why, sizeof why, "connection closed by the "
+						"server (TLS: %s)", ossl);
+				}
+				end(s, 0, why, false);
 				return;
 			}
 			n = r;

@@ -173,3 +173,36 @@ idle_timeout = 1s
             return c["state"] in ("done", "cancelled")
         wait_until(f"campaign {cid}", done, limit, 0.1)
         return self.req({"op": "status", "id": cid})["campaigns"][0]
+
+
+def dns_answers(server, port, name, qtype=15):
+    """Number of answers to one UDP query, or None without a reply."""
+    import struct
+    q = struct.pack(">HHHHHH", 7, 0x100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        s.sendto(q, (server, port))
+        try:
+            d = s.recv(4096)
+        except socket.timeout:
+            return None
+    return struct.unpack(">HHHHHH", d[:12])[3]
+
+
+def start_dnsmasq(w, addr, port, lines, probe):
+    """dnsmasq on addr:port serving `lines` (dnsmasq.conf syntax); waits
+    until `probe` (a name with an MX record) answers."""
+    conf = w.path("dnsmasq.conf")
+    with open(conf, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    p = w.start(["dnsmasq", "--keep-in-foreground", "--no-resolv",
+                 "--no-hosts", "--bind-interfaces",
+                 f"--listen-address={addr}", f"--port={port}",
+                 f"--conf-file={conf}", "--user=root",
+                 f"--pid-file={w.path('dnsmasq.pid')}"], "dnsmasq")
+    wait_until("dnsmasq", lambda: p.poll() is None and
+               (dns_answers(addr, port, probe) or 0) > 0, 20)
+    return p
