@@ -678,8 +678,7 @@ static void handshake(struct smtp_session *s)
 static void start_tls(struct smtp_session *s)
 {
 	char err[200];
-	/* Anything the server sent after 220 is an injection attempt. */
-	s->rlen = 0;
+	/* (on_readable drops what the server sent after its 220.) */
 	s->ssl = tls_client_ssl(s->p.tls_ctx, s->fd, s->mx_host, s->site,
 		s->p.tls == SMTP_TLS_VERIFY, err, sizeof err);
 	if (!s->ssl) {
@@ -989,10 +988,13 @@ static void on_readable(struct smtp_session *s)
 			}
 			if (!s->rep.code)
 				break;
+			SSL *before = s->ssl;
 			on_reply(s);
 			smtp_reply_init(&s->rep);
-			if (s->st == ST_TLS || s->ended) {
-				/* STARTTLS discarded the buffer, or we are done. */
+			if (s->ssl != before || s->ended) {
+				/* STARTTLS began (the handshake may even have finished
+				 * already): plaintext bytes after the 220 are an
+				 * injection attempt and are dropped. Or we are done. */
 				off = s->rlen = 0;
 				break;
 			}

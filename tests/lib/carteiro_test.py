@@ -112,7 +112,7 @@ hostname = carteiro.test
 spool = {world.path(name + '-spool')}
 socket = {self.socket}
 event_log = {self.events}
-log_level = info
+log_level = {os.environ.get("CARTEIRO_LOG", "info")}
 render_threads = 2
 
 [smtp]
