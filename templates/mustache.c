@@ -280,9 +280,10 @@ static int parse_filters(struct lexer *x, struct tok *t, char *content,
 				filter_table[k].name);
 		}
 		if (*p && *p != '|') {
+			char bad = *p;   /* p points into content */
 			free(content);
 			return lex_fail(x, line, col, "unexpected \"%c\" after helper "
-				"\"%s\"", *p, filter_table[k].name);
+				"\"%s\"", bad, filter_table[k].name);
 		}
 	}
 	free(content);
