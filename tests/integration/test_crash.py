@@ -65,9 +65,9 @@ def main():
         os.mkdir(save)
         # Slow replies spread the campaign over seconds so kills land
         # in the middle of it.
-        w.start([SINK, "-l", f"{ADDR}:{PORT},delay=3", "--ready-file",
+        sink = w.start([SINK, "-l", f"{ADDR}:{PORT},delay=3", "--ready-file",
                  w.path("sink.ready"), "--save", save], "sink")
-        wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
+        w.wait_file(sink, "sink", w.path("sink.ready"))
         conf = f"""[route]
 * = {ADDR}:{PORT}
 [queue]

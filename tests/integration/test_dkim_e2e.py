@@ -56,9 +56,9 @@ def main():
                 b"; p=" + p
         save = w.path("saved")
         os.mkdir(save)
-        w.start([SINK, "-l", f"{ADDR}:{PORT}", "--ready-file",
+        sink = w.start([SINK, "-l", f"{ADDR}:{PORT}", "--ready-file",
                  w.path("sink.ready"), "--save", save], "sink")
-        wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
+        w.wait_file(sink, "sink", w.path("sink.ready"))
         e = Engine(w, CARTEIRO, f"""[route]
 * = {ADDR}:{PORT}
 [dkim]

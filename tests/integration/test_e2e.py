@@ -110,12 +110,12 @@ def main():
         dnsmasq(w, domains)
         save = w.path("saved")
         os.mkdir(save)
-        w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25",
+        sink = w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25",
                  "-l", f"{MX3}:25,defer=100", "-l", f"{MX4}:25,bounce=100",
                  "--ready-file",
                  w.path("sink.ready"), "--save", save, "--stats",
                  w.path("sink-stats.json")], "sink")
-        wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
+        w.wait_file(sink, "sink", w.path("sink.ready"))
 
         rnd = random.Random(7)
         contacts = []
@@ -281,7 +281,7 @@ jitter = 0%
               sorted(x["address"] for x in sup) ==
               sorted(f"recusa{i}@recusa.e2e.test" for i in range(5)),
               json.dumps(sup))
-        w.procs[1][1].send_signal(10)   # SIGUSR1: the sink writes stats
+        sink.send_signal(10)   # SIGUSR1: the sink writes stats
         stats = {}
 
         def read_stats():

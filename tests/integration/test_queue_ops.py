@@ -31,9 +31,9 @@ def check(name, cond, detail=""):
 def main():
     w = World("queueops")
     try:
-        w.start([SINK, "-l", f"{ADDR}:{PORT}", "--ready-file",
+        sink = w.start([SINK, "-l", f"{ADDR}:{PORT}", "--ready-file",
                  w.path("sink.ready")], "sink")
-        wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
+        w.wait_file(sink, "sink", w.path("sink.ready"))
         e = Engine(w, CARTEIRO, f"[route]\n* = {ADDR}:{PORT}\n").start()
 
         def campaign(name, n, send_at=None, extra=()):

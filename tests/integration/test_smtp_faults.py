@@ -72,8 +72,8 @@ def main():
                 w.path("sink.ready")]
         for name, (n, opts) in CASES.items():
             argv += ["-l", f"127.10.5.{n}:25" + (f",{opts}" if opts else "")]
-        w.start(argv, "sink")
-        wait_until("sink", lambda: os.path.exists(w.path("sink.ready")), 20)
+        sink = w.start(argv, "sink")
+        w.wait_file(sink, "sink", w.path("sink.ready"))
 
         lines = ["local=/faults.test/", "local=/test/",
                  "host-record=mx1.test,127.10.5.17",

@@ -67,6 +67,19 @@ class World:
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def wait_file(self, proc, name, path, limit=60):
+        """Wait until `proc` (started as `name`) creates `path`; fail with
+        its log if it exits first or takes longer than `limit`."""
+        try:
+            wait_until(name, lambda: os.path.exists(path) or
+                       proc.poll() is not None, limit)
+        except TimeoutError:
+            raise TimeoutError(f"{name} not ready in {limit}s:\n"
+                               f"{self.log(name)}")
+        if not os.path.exists(path):
+            raise RuntimeError(f"{name} exited ({proc.returncode}):\n"
+                               f"{self.log(name)}")
+
     def log(self, name):
         try:
             with open(self.path(f"{name}.log"), "rb") as f:
@@ -130,9 +143,12 @@ idle_timeout = 1s
     def start(self):
         self.proc = self.w.start([self.bin, "serve", "-c", self.conf],
                                  self.name)
-        wait_until("engine", lambda: self.proc.poll() is None and
-                   os.path.exists(self.socket) and
-                   self.req({"op": "ping"}).get("ok"), 30)
+        try:
+            wait_until("engine", lambda: self.proc.poll() is None and
+                       os.path.exists(self.socket) and
+                       self.req({"op": "ping"}).get("ok"), 60)
+        except TimeoutError:
+            raise TimeoutError("engine not ready:\n" + self.w.log(self.name))
         return self
 
     def req(self, r, limit=120):
