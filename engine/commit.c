@@ -19,6 +19,16 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 
+#define BATCH_MAX 65536
+#define GC_HIGH 100000   /* bodies waiting: free some between batches */
+
+/* Bodies of finished messages, freed after the outcomes are committed. */
+struct gc {
+	uint64_t *ids;
+	size_t n, cap;
+};
+
+
 struct jobnode {
 	struct jobnode *next;
 	struct cm_job job;
@@ -46,6 +56,9 @@ struct cm {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool stop;
+	bool backlog;                /* the last take left outcomes waiting */
+	struct gc pending_gc;        /* bodies of the batch being applied */
+	struct gc gc;                /* bodies to free when idle */
 	struct cm_outcome *in, **in_tail;
 	struct jobnode *jobs_in, **jobs_tail;
 	/* results for the loop */
@@ -104,8 +117,17 @@ static struct cm_touched *touch(struct cm_touched **t, size_t *n,
 	return x;
 }
 
+static void gc_add(struct gc *g, uint64_t id)
+{
+	if (g->n == g->cap) {
+		g->cap = g->cap ? g->cap * 2 : 4096;
+		g->ids = mem_realloc(g->ids, g->cap * sizeof *g->ids);
+	}
+	g->ids[g->n++] = id;
+}
+
 static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
-	char *err, size_t errlen)
+	struct gc *gc, char *err, size_t errlen)
 {
 	struct q_msg m;
 	int rc = q_msg_get(t, o->id, &m);
@@ -141,9 +163,12 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 		if ((rc = q_due_put(t, &nd, err, errlen)) != 0)
 			return rc;
 	} else {
+		/* The body is freed by a later, separate transaction: the state
+		 * change is what must be quick (freeing a 10 KB body walks
+		 * LMDB's overflow pages). A crash in between leaves bodies of
+		 * finished messages, which q_sweep() frees at start-up. */
 		m.state = o->state;
-		if ((rc = q_body_del(t, o->id, err, errlen)) != 0)
-			return rc;
+		gc_add(gc, o->id);
 	}
 	if (o->suppress && o->rcpt[0]) {
 		buf_t j = BUF_INIT;
@@ -168,6 +193,7 @@ static int apply_batch(cm *c, struct cm_outcome *list,
 	for (int attempt = 0; attempt < 8; attempt++) {
 		size_t cap = 0;
 		q_txn *t;
+		c->pending_gc.n = 0;
 		*ntouched = 0;
 		free(*touched);
 		*touched = NULL;
@@ -175,7 +201,7 @@ static int apply_batch(cm *c, struct cm_outcome *list,
 		for (struct cm_outcome *o = list; rc == 0 && o; o = o->next) {
 			struct cm_touched *x = touch(touched, ntouched, &cap,
 				q_id_cid(o->id));
-			rc = apply_one(t, o, &x->c, err, errlen);
+			rc = apply_one(t, o, &x->c, &c->pending_gc, err, errlen);
 		}
 		/* Apply the deltas, then read back the totals for the loop. */
 		for (size_t i = 0; rc == 0 && i < *ntouched; i++) {
@@ -195,11 +221,40 @@ static int apply_batch(cm *c, struct cm_outcome *list,
 				continue;
 			return -1;
 		}
-		if (rc == 0)
+		if (rc == 0) {
 			atomic_fetch_add(&c->txns, 1);
+			for (size_t i = 0; i < c->pending_gc.n; i++)
+				gc_add(&c->gc, c->pending_gc.ids[i]);
+		}
+		c->pending_gc.n = 0;
 		return rc;
 	}
 	return -1;
+}
+
+/* Free up to `max` waiting bodies in one transaction. */
+static void free_bodies(cm *c, size_t max)
+{
+	char err[256];
+	size_t n = c->gc.n < max ? c->gc.n : max;
+	if (!n)
+		return;
+	q_txn *t;
+	int rc = q_begin(c->q, true, &t, err, sizeof err);
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		rc = q_body_del(t, c->gc.ids[c->gc.n - 1 - i], err, sizeof err);
+	if (rc == 0) {
+		rc = q_commit(t, err, sizeof err);
+		t = NULL;
+	}
+	q_abort(t);
+	if (rc != 0) {
+		/* Not lost: q_sweep() frees them at the next start. */
+		log_warn("commit: freeing delivered bodies: %s", err);
+		c->gc.n = 0;
+		return;
+	}
+	c->gc.n -= n;
 }
 
 static void run_job(cm *c, struct jobnode *j)
@@ -278,11 +333,17 @@ static void *cm_main(void *arg)
 	cm *c = arg;
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
+		while (!c->in && !c->jobs_in && !c->stop && c->gc.n) {
+			/* Idle: free delivered bodies, a chunk at a time. */
+			pthread_mutex_unlock(&c->mu);
+			free_bodies(c, 8192);
+			pthread_mutex_lock(&c->mu);
+		}
 		while (!c->in && !c->jobs_in && !c->stop)
 			pthread_cond_wait(&c->cv, &c->mu);
 		if (!c->in && !c->jobs_in && c->stop)
 			break;
-		if (c->in && c->window_ms && !c->stop) {
+		if (c->in && c->window_ms && !c->stop && !c->backlog) {
 			/* Let the group fill for one window. */
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -295,22 +356,26 @@ static void *cm_main(void *arg)
 		}
 		struct cm_outcome *list = c->in;
 		struct jobnode *jobs = c->jobs_in;
-		if (c->full && list) {
-			/* sync = full: one outcome per transaction. */
-			c->in = list->next;
-			list->next = NULL;
-			if (!c->in)
-				c->in_tail = &c->in;
-		} else {
-			c->in = NULL;
+		/* sync = full: one outcome per transaction. group: at most
+		 * BATCH_MAX per transaction, so a backlog never makes one huge
+		 * transaction (LMDB spills dirty pages past ~128k of them). */
+		size_t take = c->full ? 1 : BATCH_MAX;
+		struct cm_outcome **cut = &c->in;
+		while (*cut && take--)
+			cut = &(*cut)->next;
+		c->in = *cut;
+		*cut = NULL;
+		if (!c->in)
 			c->in_tail = &c->in;
-		}
+		c->backlog = c->in != NULL;
 		c->jobs_in = NULL;
 		c->jobs_tail = &c->jobs_in;
 		pthread_mutex_unlock(&c->mu);
 
 		if (list)
 			process(c, list);
+		if (c->gc.n > GC_HIGH)
+			free_bodies(c, 1024);
 		for (struct jobnode *j = jobs; j; j = j->next)
 			run_job(c, j);
 		if (jobs)
@@ -318,6 +383,8 @@ static void *cm_main(void *arg)
 		pthread_mutex_lock(&c->mu);
 	}
 	pthread_mutex_unlock(&c->mu);
+	while (c->gc.n)
+		free_bodies(c, 8192);
 	return NULL;
 }
 
@@ -423,5 +490,7 @@ void cm_free(cm *c)
 	ev_async_stop(c->loop, &c->wake);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
+	free(c->gc.ids);
+	free(c->pending_gc.ids);
 	free(c);
 }

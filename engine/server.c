@@ -1236,6 +1236,12 @@ static int load_cb(void *arg, uint32_t cid, const char *js, size_t len)
 static int recover(struct srv *s, char *err, size_t errlen)
 {
 	struct load_ctx x = { .s = s };
+	uint64_t swept;
+	if (q_sweep(s->q, &swept, err, errlen))
+		return -1;
+	if (swept)
+		log_info("freed %" PRIu64 " bodies of messages finished before "
+			"the last stop", swept);
 	if (q_begin(s->q, false, &x.t, err, errlen))
 		return -1;
 	int rc = q_campaign_each(x.t, load_cb, &x, err, errlen);

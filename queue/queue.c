@@ -852,3 +852,50 @@ const char *q_table_name(unsigned i)
 {
 	return i < T_COUNT ? table_names[i] : NULL;
 }
+
+int q_sweep(q_env *q, uint64_t *freed, char *err, size_t errlen)
+{
+	unsigned char from[8] = { 0 };
+	*freed = 0;
+	for (;;) {
+		q_txn *t;
+		int rc = q_begin(q, true, &t, err, errlen);
+		if (rc)
+			return rc;
+		MDB_cursor *cur;
+		MDB_val k = { 8, from }, v;
+		unsigned seen = 0;
+		if ((rc = mdb_cursor_open(t->txn, q->dbi[T_BODIES], &cur)) != 0) {
+			q_abort(t);
+			return q_rc(rc, err, errlen, "sweep");
+		}
+		/* Chunks of 65536 bodies per transaction, resumed by key. */
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		while (rc == 0 && seen < 65536) {
+			struct q_msg m;
+			seen++;
+			if (k.mv_size == 8)
+				memcpy(from, k.mv_data, 8);
+			if (k.mv_size == 8 && q_msg_get(t, rd64(k.mv_data), &m) == 1 &&
+			    m.state != Q_QUEUED && m.state != Q_PAUSED) {
+				if ((rc = mdb_cursor_del(cur, 0)) != 0)
+					break;
+				(*freed)++;
+			}
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+		mdb_cursor_close(cur);
+		bool done = rc == MDB_NOTFOUND;
+		if (rc != 0 && rc != MDB_NOTFOUND) {
+			q_abort(t);
+			return q_rc(rc, err, errlen, "sweep");
+		}
+		if ((rc = q_commit(t, err, errlen)) != 0)
+			return rc;
+		if (done)
+			return 0;
+		/* next chunk starts after the last key seen */
+		for (int b = 7; b >= 0 && ++from[b] == 0; b--)
+			;
+	}
+}

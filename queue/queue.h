@@ -158,6 +158,10 @@ int q_body_put(q_txn *t, uint64_t id, const void *p, size_t len, char *err,
 int q_body_get(q_txn *t, uint64_t id, const void **p, size_t *len);
 int q_body_del(q_txn *t, uint64_t id, char *err, size_t errlen);
 
+/* Free the bodies of messages that have a final state (left by a crash
+ * between an outcome's commit and the freeing of its body). */
+int q_sweep(q_env *q, uint64_t *freed, char *err, size_t errlen);
+
 /* ---- the due-time index ---- */
 struct q_due {
 	uint32_t cid;
