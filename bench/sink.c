@@ -135,6 +135,7 @@ struct sink {
 	const char *save_dir;
 	unsigned save_sample;
 	uint64_t save_seq, saved;
+	uint64_t stats_seq;         /* bumps on every stats write */
 	const char *stats_file;
 	double stats_interval;
 	ev_timer stats_timer;
@@ -310,9 +311,10 @@ stats_write(struct sink *s)
 		msgs += s->ls[i]->messages;
 		rcpts += s->ls[i]->recipients;
 	}
-	fprintf(f, "{\"start\":%lld,\"now\":%lld,\"messages\":%llu,\"recipients\":%llu,"
+	s->stats_seq++;
+	fprintf(f, "{\"seq\":%llu,\"start\":%lld,\"now\":%lld,\"messages\":%llu,\"recipients\":%llu,"
 	    "\"saved\":%llu,\"listeners\":[",
-	    (long long)s->start, (long long)time(NULL), (unsigned long long)msgs,
+	    (unsigned long long)s->stats_seq, (long long)s->start, (long long)time(NULL), (unsigned long long)msgs,
 	    (unsigned long long)rcpts, (unsigned long long)s->saved);
 	for (size_t i = 0; i < s->nls; i++) {
 		struct listener *l = s->ls[i];

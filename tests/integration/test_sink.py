@@ -293,6 +293,7 @@ def main():
             st = stats(d, proc)
             ls = {x["name"]: x for x in st["listeners"]}
             p = ls["plain"]
+            check(st["seq"] >= 1, "stats seq")
             check(p["messages"] == 5, "plain messages %d" % p["messages"])
             check(p["domains"] == {"gmail.test": 5, "d0001.test": 1}, "domains %r" % p["domains"])
             check(p["tls"]["handshakes"] == 2, "tls handshakes %r" % p["tls"])
