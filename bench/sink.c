@@ -48,6 +48,9 @@
 #define LINE_MAX_BYTES 4096
 #define MAX_RCPTS 1000
 #define READ_CHUNK 65536
+/* Stop reading while this much output waits: a client that pipelines without
+ * reading replies cannot grow our memory without bound. */
+#define OUT_HIGH_WATER (256 * 1024)
 #define HIST_MAX_SECONDS (7 * 86400)
 
 enum stage { STG_NONE = 0, STG_GREET, STG_EHLO, STG_MAIL, STG_RCPT, STG_DATA, STG_DOT };
@@ -135,6 +138,7 @@ struct sink {
 	const char *save_dir;
 	unsigned save_sample;
 	uint64_t save_seq, saved;
+	uint64_t stats_seq;         /* bumps on every stats write */
 	const char *stats_file;
 	double stats_interval;
 	ev_timer stats_timer;
@@ -310,9 +314,10 @@ stats_write(struct sink *s)
 		msgs += s->ls[i]->messages;
 		rcpts += s->ls[i]->recipients;
 	}
-	fprintf(f, "{\"start\":%lld,\"now\":%lld,\"messages\":%llu,\"recipients\":%llu,"
+	s->stats_seq++;
+	fprintf(f, "{\"seq\":%llu,\"start\":%lld,\"now\":%lld,\"messages\":%llu,\"recipients\":%llu,"
 	    "\"saved\":%llu,\"listeners\":[",
-	    (long long)s->start, (long long)time(NULL), (unsigned long long)msgs,
+	    (unsigned long long)s->stats_seq, (long long)s->start, (long long)time(NULL), (unsigned long long)msgs,
 	    (unsigned long long)rcpts, (unsigned long long)s->saved);
 	for (size_t i = 0; i < s->nls; i++) {
 		struct listener *l = s->ls[i];
@@ -834,11 +839,16 @@ conn_update(struct conn *c)
 		ev_io_start(loop, &c->wio);
 	else if (c->st != CS_TLS)
 		ev_io_stop(loop, &c->wio);
-	/* Stop reading while closing, so the peer sees our last reply first. */
-	if (c->st == CS_CLOSING)
+	/* Stop reading while closing, so the peer sees our last reply first,
+	 * and while much output is pending (back-pressure). */
+	if (c->st == CS_CLOSING || c->out.len > OUT_HIGH_WATER)
 		ev_io_stop(loop, &c->rio);
-	else
+	else {
 		ev_io_start(loop, &c->rio);
+		/* Bytes OpenSSL already decrypted will not wake the fd watcher. */
+		if (c->ssl != NULL && c->st == CS_CMD && SSL_pending(c->ssl) > 0)
+			ev_feed_event(loop, &c->rio, EV_READ);
+	}
 }
 
 static void
@@ -899,6 +909,7 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void
 read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
+	(void)loop;
 	(void)revents;
 	struct conn *c = w->data;
 	struct sink *s = c->sink;
@@ -941,13 +952,11 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
 		}
 		if (c->st != CS_SILENT)
 			conn_input(c, s->iobuf, (size_t)r);
-		if (c->st == CS_CLOSING || c->st == CS_TLS)
+		if (c->st == CS_CLOSING || c->st == CS_TLS || c->out.len > OUT_HIGH_WATER)
 			break;
 		if ((size_t)r < sizeof s->iobuf && (c->ssl == NULL || SSL_pending(c->ssl) == 0))
 			break;
 	}
-	if (c->ssl != NULL && SSL_pending(c->ssl) > 0 && c->st == CS_CMD)
-		ev_feed_event(loop, &c->rio, EV_READ);
 	conn_flush(c);
 }
 

@@ -240,6 +240,20 @@ def test_tls(d):
         check(not s.has_extn("starttls"), "no STARTTLS after TLS")
         s.sendmail("t@x.test", ["tls@gmail.test"], "Subject: tls\r\nX-Id: tls\r\n\r\nsecret\r\n")
         s.quit()
+    # Session resumption: a second connection offers the first one's session.
+    sess = None
+    for i in range(2):
+        raw = conn("plain")
+        read_replies(raw, 1)
+        raw.sendall(b"EHLO t\r\nSTARTTLS\r\n")
+        read_replies(raw, 2)
+        t = ctx.wrap_socket(raw, server_hostname=L["plain"][0], session=sess)
+        t.sendall(b"EHLO t\r\nQUIT\r\n")
+        read_replies(t, 2)
+        if i == 1:
+            check(t.session_reused, "TLS session resumed")
+        sess = t.session
+        t.close()
     s = smtplib.SMTP(L["tlsfail"][0], PORT, local_hostname="t", timeout=10)
     s.ehlo()
     try:
@@ -293,9 +307,11 @@ def main():
             st = stats(d, proc)
             ls = {x["name"]: x for x in st["listeners"]}
             p = ls["plain"]
+            check(st["seq"] >= 1, "stats seq")
             check(p["messages"] == 5, "plain messages %d" % p["messages"])
             check(p["domains"] == {"gmail.test": 5, "d0001.test": 1}, "domains %r" % p["domains"])
-            check(p["tls"]["handshakes"] == 2, "tls handshakes %r" % p["tls"])
+            check(p["tls"]["handshakes"] == 4 and p["tls"]["resumed"] == 1,
+                  "tls handshakes %r" % p["tls"])
             check(ls["tlsfail"]["tls"]["failed"] >= 1, "tls failed counted")
             check(ls["maxconn"]["connections"]["refused_maxconn"] == 1 and
                   ls["maxconn"]["connections"]["peak"] == 2, "maxconn counters")
