@@ -2,7 +2,7 @@
  * wa-drive — drives engine/whatsapp on a libev loop for the integration test
  * (tests/integration/test_whatsapp.py) and the bench.
  *
- *   wa-drive [-r RATE] [-c MAXCONN] [-t TIMEOUT_MS] [-x CANCEL_NTH] [-q]
+ *   wa-drive [-r RATE] [-c MAXCONN] [-t TIMEOUT_MS] [-x CANCEL_NTH] [-C CA] [-q]
  *            URL TOKEN PHONE_ID N TO [TO...]
  *
  * Sends N template messages (recipients cycled, one body parameter each,
@@ -69,12 +69,13 @@ main(int argc, char **argv)
 	struct drive d = { 0 };
 	long cancel_nth = 0;
 	int opt;
-	while ((opt = getopt(argc, argv, "r:c:t:x:q")) != -1) {
+	while ((opt = getopt(argc, argv, "r:c:t:x:C:q")) != -1) {
 		switch (opt) {
 		case 'r': cfg.rate = atof(optarg); break;
 		case 'c': cfg.max_connections = (unsigned)atoi(optarg); break;
 		case 't': cfg.timeout_ms = strtoull(optarg, NULL, 10); break;
 		case 'x': cancel_nth = atol(optarg); break;
+		case 'C': cfg.ca_file = optarg; break;
 		case 'q': d.quiet = 1; break;
 		default: return 64;
 		}

@@ -29,14 +29,31 @@ def check(cond, what):
         print("FAIL:", what)
 
 
-def scenario(world, n, addr, double_args, drive_args, to=(OK,), expect_rc=0):
+def make_certs(world, ip):
+    """A private CA and a server certificate for `ip`; returns (ca, cert, key)."""
+    d = world.path
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=60)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=carteiro test CA", "-keyout", d("ca.key"), "-out", d("ca.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={ip}",
+        "-keyout", d("srv.key"), "-out", d("srv.csr"))
+    with open(d("ext.cnf"), "w") as f:
+        f.write(f"subjectAltName=IP:{ip}\n")
+    run("openssl", "x509", "-req", "-in", d("srv.csr"), "-CA", d("ca.pem"),
+        "-CAkey", d("ca.key"), "-CAcreateserial", "-days", "2",
+        "-extfile", d("ext.cnf"), "-out", d("srv.pem"))
+    return d("ca.pem"), d("srv.pem"), d("srv.key")
+
+
+def scenario(world, n, addr, double_args, drive_args, to=(OK,), expect_rc=0,
+             scheme="http"):
     tag = addr.replace(".", "_")
     ready, record = world.path(f"ready-{tag}"), world.path(f"record-{tag}.jsonl")
     world.start([DOUBLE, "--listen", f"{addr}:18080", "--token", TOKEN,
                  "--phone-number-id", PHONE_ID, "--record", record,
                  "--ready-file", ready] + double_args, f"double-{tag}")
     wait_until(f"wa-double on {addr}", lambda: os.path.exists(ready))
-    url = f"http://{addr}:18080/v21.0"
+    url = f"{scheme}://{addr}:18080/v21.0"
     t0 = time.monotonic()
     p = subprocess.run([DRIVE] + drive_args + [url, TOKEN, PHONE_ID, str(n)] + list(to),
                        capture_output=True, text=True, timeout=150)
@@ -137,6 +154,18 @@ def main():
                            capture_output=True, text=True, timeout=60)
         check(p.returncode == 1 and "loopback" in p.stderr and TOKEN not in p.stderr,
               f"http rule: {p.returncode} {p.stderr}")
+
+        # 13. HTTPS with a private CA (ca_file): verified, connections reused
+        ca, cert, key = make_certs(w, "127.50.0.13")
+        tls = ["--tls-cert", cert, "--tls-key", key]
+        res, st, rec, _ = scenario(w, 20, "127.50.0.13", tls, ["-C", ca, "-c", "2", "-q"],
+                                   scheme="https")
+        check(st.get("sent") == 20 and st.get("connects", 99) <= 2, f"https: {st}")
+
+        # 14. HTTPS without that CA: verification fails, nothing is sent
+        res, st, rec, _ = scenario(w, 1, "127.50.0.14", tls, [], scheme="https")
+        check(len(res) == 1 and res[0]["kind"] == "retry" and res[0]["http"] == 0 and
+              len(rec) == 0, f"https unverified: {res}")
     finally:
         w.close()
     if failures:
