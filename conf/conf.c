@@ -141,6 +141,23 @@ static const struct cf_key cf_keys[] = {
 	  "selector of a second signature (dual signing, e.g. Ed25519 next to RSA)" },
 	{ "dkim", "key2", T_STR, F(dkim_key2), "", 0, 0,
 	  "PEM private key of the second signature" },
+
+	{ "whatsapp", "api_url", T_STR, F(wa_api_url), "https://graph.facebook.com/v21.0", 0, 0,
+	  "Cloud API base URL (plain http only for a loopback test double)" },
+	{ "whatsapp", "phone_number_id", T_STR, F(wa_phone_number_id), "", 0, 0,
+	  "sending phone number id (\"\" = WhatsApp channel off)" },
+	{ "whatsapp", "token_file", T_STR, F(wa_token_file), "", 0, 0,
+	  "file holding the access token (never logged)" },
+	{ "whatsapp", "ca_file", T_STR, F(wa_ca_file), "", 0, 0,
+	  "CA bundle for a private CA (\"\" = system default)" },
+	{ "whatsapp", "rate", T_UINT, F(wa_rate), "80", 0, 1000000,
+	  "messages per second for the phone number (0 = unlimited)" },
+	{ "whatsapp", "max_connections", T_UINT, F(wa_max_connections), "16", 1, 1000,
+	  "HTTP connections (and requests in flight) to the API" },
+	{ "whatsapp", "timeout", T_DURATION, F(wa_timeout_ms), "30s", 100, 600000,
+	  "whole request; a timeout is retried" },
+	{ "whatsapp", "ecosystem_retry", T_DURATION, F(wa_ecosystem_retry_ms), "24h",
+	  60000, 30ull * 86400000, "delay before retrying a 131049 (ecosystem) refusal" },
 };
 
 static const struct cf_key cf_site_keys[] = {
@@ -157,6 +174,7 @@ static const struct cf_key cf_site_keys[] = {
 
 static const char *const cf_sections[] = {
 	"engine", "queue", "dns", "smtp", "retry", "dkim", "route",
+	"whatsapp",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -822,6 +840,12 @@ cf_validate(const struct cf *c, char *err, size_t errlen)
 	}
 	if (k2 && (!c->dkim_selector2 || !*c->dkim_selector2)) {
 		snprintf(err, errlen, "%s: [dkim] key2 is set but no selector2", file);
+		return -1;
+	}
+	if (c->wa_phone_number_id && *c->wa_phone_number_id &&
+	    (!c->wa_token_file || !*c->wa_token_file)) {
+		snprintf(err, errlen, "%s: [whatsapp] phone_number_id is set but no token_file",
+		    file);
 		return -1;
 	}
 	for (size_t i = 0; i < c->nsites; i++)

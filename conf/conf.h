@@ -104,6 +104,16 @@ struct cf {
 	/* [site NAME] and [domain NAME] */
 	struct cf_site *sites;
 	size_t nsites;
+
+	/* [whatsapp] */
+	char *wa_api_url;
+	char *wa_phone_number_id;           /* "" = channel off */
+	char *wa_token_file;
+	char *wa_ca_file;
+	unsigned wa_rate;                   /* messages/s, 0 = unlimited */
+	unsigned wa_max_connections;
+	uint64_t wa_timeout_ms;
+	uint64_t wa_ecosystem_retry_ms;
 };
 
 /* Fill `c` with the embedded defaults (never fails). */
