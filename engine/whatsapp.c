@@ -84,8 +84,8 @@ struct wa_client {
 	double (*now)(void *);
 	void *now_arg;
 
-	/* token bucket */
-	double rate, burst, tokens, last;
+	double rate;                    /* 0 = unlimited */
+	struct wa_bucket bucket;
 	double hold_until;              /* rate-limited by the API until then */
 
 	bool paused;
@@ -379,6 +379,31 @@ oom:
 fail:
 	json_decref(root);
 	return -1;
+}
+
+void
+wa_bucket_init(struct wa_bucket *b, double rate, double burst, double now)
+{
+	b->rate = rate;
+	b->burst = burst < 1 ? 1 : burst;
+	b->tokens = b->burst;
+	b->last = now;
+}
+
+double
+wa_bucket_take(struct wa_bucket *b, double now)
+{
+	if (now > b->last) {   /* a clock that goes back adds nothing */
+		b->tokens += (now - b->last) * b->rate;
+		if (b->tokens > b->burst)
+			b->tokens = b->burst;
+		b->last = now;
+	}
+	if (b->tokens >= 1) {
+		b->tokens -= 1;
+		return 0;
+	}
+	return (1 - b->tokens) / b->rate;
 }
 
 static bool
@@ -821,12 +846,6 @@ pump(wa_client *c)
 		return;
 	}
 	double now = now_s(c);
-	if (c->rate > 0) {
-		c->tokens += (now - c->last) * c->rate;
-		if (c->tokens > c->burst)
-			c->tokens = c->burst;
-		c->last = now;
-	}
 	double wait = 0;
 	while (c->fifo.head && !c->paused) {
 		if (now < c->hold_until) {
@@ -835,14 +854,10 @@ pump(wa_client *c)
 		}
 		if (c->flight.n >= c->max_connections)
 			break;       /* a completion pumps again */
-		if (c->rate > 0) {
-			if (c->tokens < 1) {
-				wait = (1 - c->tokens) / c->rate;
-				if (wait < 0.001)
-					wait = 0.001;
-				break;
-			}
-			c->tokens -= 1;
+		if (c->rate > 0 && (wait = wa_bucket_take(&c->bucket, now)) > 0) {
+			if (wait < 0.001)
+				wait = 0.001;   /* no busy loop on a sliver of a token */
+			break;
 		}
 		r = c->fifo.head;
 		list_del(c, r);
@@ -923,9 +938,7 @@ wa_new(struct ev_loop *loop, const struct wa_config *cfg, char *err, size_t errl
 	c->now = cfg->now;
 	c->now_arg = cfg->now_arg;
 	c->rate = cfg->rate;
-	c->burst = c->rate / 10 > 1 ? c->rate / 10 : 1;
-	c->tokens = c->burst;
-	c->last = now_s(c);
+	wa_bucket_init(&c->bucket, c->rate, c->rate / 10 > 1 ? c->rate / 10 : 1, now_s(c));
 	c->next_id = 1;
 	c->multi = curl_multi_init();
 	if (c->multi == NULL) {
