@@ -802,7 +802,10 @@ complete(wa_client *c, struct wa_req *r, CURLcode cc)
 		else
 			res.retry_after_ms = wa_default_delay_ms(res.http_status, res.code);
 		if (res.kind == WA_RETRY && is_throughput_limit(res.http_status, res.code)) {
-			double until = now_s(c) + (double)res.retry_after_ms / 1000.;
+			/* A hostile Retry-After may say a day; the FIFO waits 5 min at
+			 * most, the message itself keeps the full suggestion. */
+			uint64_t hold = res.retry_after_ms < 300000 ? res.retry_after_ms : 300000;
+			double until = now_s(c) + (double)hold / 1000.;
 			if (until > c->hold_until)
 				c->hold_until = until;
 		}
