@@ -84,8 +84,8 @@ struct wa_client {
 	double (*now)(void *);
 	void *now_arg;
 
-	/* token bucket */
-	double rate, burst, tokens, last;
+	double rate;                    /* 0 = unlimited */
+	struct wa_bucket bucket;
 	double hold_until;              /* rate-limited by the API until then */
 
 	bool paused;
@@ -381,6 +381,31 @@ fail:
 	return -1;
 }
 
+void
+wa_bucket_init(struct wa_bucket *b, double rate, double burst, double now)
+{
+	b->rate = rate;
+	b->burst = burst < 1 ? 1 : burst;
+	b->tokens = b->burst;
+	b->last = now;
+}
+
+double
+wa_bucket_take(struct wa_bucket *b, double now)
+{
+	if (now > b->last) {   /* a clock that goes back adds nothing */
+		b->tokens += (now - b->last) * b->rate;
+		if (b->tokens > b->burst)
+			b->tokens = b->burst;
+		b->last = now;
+	}
+	if (b->tokens >= 1) {
+		b->tokens -= 1;
+		return 0;
+	}
+	return (1 - b->tokens) / b->rate;
+}
+
 static bool
 host_is_loopback(const char *host)
 {
@@ -668,6 +693,9 @@ setup_easy(wa_client *c, struct wa_req *r)
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* Graph speaks HTTP/2: wait to multiplex rather than open a connection
+	 * per request of the first burst. */
+	curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 	    (long)(c->timeout_ms < 10000 ? c->timeout_ms : 10000));
@@ -774,7 +802,10 @@ complete(wa_client *c, struct wa_req *r, CURLcode cc)
 		else
 			res.retry_after_ms = wa_default_delay_ms(res.http_status, res.code);
 		if (res.kind == WA_RETRY && is_throughput_limit(res.http_status, res.code)) {
-			double until = now_s(c) + (double)res.retry_after_ms / 1000.;
+			/* A hostile Retry-After may say a day; the FIFO waits 5 min at
+			 * most, the message itself keeps the full suggestion. */
+			uint64_t hold = res.retry_after_ms < 300000 ? res.retry_after_ms : 300000;
+			double until = now_s(c) + (double)hold / 1000.;
 			if (until > c->hold_until)
 				c->hold_until = until;
 		}
@@ -821,12 +852,6 @@ pump(wa_client *c)
 		return;
 	}
 	double now = now_s(c);
-	if (c->rate > 0) {
-		c->tokens += (now - c->last) * c->rate;
-		if (c->tokens > c->burst)
-			c->tokens = c->burst;
-		c->last = now;
-	}
 	double wait = 0;
 	while (c->fifo.head && !c->paused) {
 		if (now < c->hold_until) {
@@ -835,14 +860,10 @@ pump(wa_client *c)
 		}
 		if (c->flight.n >= c->max_connections)
 			break;       /* a completion pumps again */
-		if (c->rate > 0) {
-			if (c->tokens < 1) {
-				wait = (1 - c->tokens) / c->rate;
-				if (wait < 0.001)
-					wait = 0.001;
-				break;
-			}
-			c->tokens -= 1;
+		if (c->rate > 0 && (wait = wa_bucket_take(&c->bucket, now)) > 0) {
+			if (wait < 0.001)
+				wait = 0.001;   /* no busy loop on a sliver of a token */
+			break;
 		}
 		r = c->fifo.head;
 		list_del(c, r);
@@ -923,9 +944,7 @@ wa_new(struct ev_loop *loop, const struct wa_config *cfg, char *err, size_t errl
 	c->now = cfg->now;
 	c->now_arg = cfg->now_arg;
 	c->rate = cfg->rate;
-	c->burst = c->rate / 10 > 1 ? c->rate / 10 : 1;
-	c->tokens = c->burst;
-	c->last = now_s(c);
+	wa_bucket_init(&c->bucket, c->rate, c->rate / 10 > 1 ? c->rate / 10 : 1, now_s(c));
 	c->next_id = 1;
 	c->multi = curl_multi_init();
 	if (c->multi == NULL) {

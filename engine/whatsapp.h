@@ -112,6 +112,18 @@ void wa_get_stats(const wa_client *c, struct wa_stats *st);
 
 /* ---- pure parts, exported for tests ----------------------------------- */
 
+/*
+ * The token bucket behind cfg.rate (until the engine has one shared with
+ * SMTP throttles): `rate` tokens/s, at most `burst`, starting full.
+ * wa_bucket_take() takes one token and returns 0, or returns the seconds
+ * until one will be there (taking nothing). Time is the caller's clock.
+ */
+struct wa_bucket {
+	double rate, burst, tokens, last;
+};
+void wa_bucket_init(struct wa_bucket *b, double rate, double burst, double now);
+double wa_bucket_take(struct wa_bucket *b, double now);
+
 /* Classify a reply by HTTP status and Graph error code/subcode. */
 enum wa_kind wa_classify(long http_status, long code, long subcode);
 const char *wa_kind_name(enum wa_kind k);

@@ -366,6 +366,40 @@ test_refused_async(void **state)
 	ev_loop_destroy(loop);
 }
 
+/* The bucket on a fake clock: burst, then exactly `rate` per second. */
+static void
+test_bucket(void **state)
+{
+	(void)state;
+	struct wa_bucket b;
+	wa_bucket_init(&b, 80, 8, 1000.0);
+	int taken = 0;
+	for (int i = 0; i < 20; i++)
+		taken += wa_bucket_take(&b, 1000.0) == 0;
+	assert_int_equal(taken, 8);                          /* the burst */
+	double w = wa_bucket_take(&b, 1000.0);
+	assert_true(w > 0.0124 && w < 0.0126);               /* 1/80 s */
+	/* one simulated minute, asking every millisecond: 80/s, never more */
+	taken = 0;
+	for (int ms = 1; ms <= 60000; ms++)
+		while (wa_bucket_take(&b, 1000.0 + ms / 1000.0) == 0)
+			taken++;
+	assert_true(taken >= 4799 && taken <= 4800);
+	/* idle for an hour: still only the burst */
+	taken = 0;
+	while (wa_bucket_take(&b, 4600.0) == 0)
+		taken++;
+	assert_int_equal(taken, 8);
+	/* a clock going back adds nothing */
+	assert_true(wa_bucket_take(&b, 10.0) > 0);
+	/* rate below 1/s: burst 1 */
+	wa_bucket_init(&b, 0.5, 0, 0.0);
+	assert_true(wa_bucket_take(&b, 0.0) == 0);
+	w = wa_bucket_take(&b, 0.0);
+	assert_true(w > 1.99 && w < 2.01);
+	assert_true(wa_bucket_take(&b, 2.0) == 0);
+}
+
 int
 main(void)
 {
@@ -378,6 +412,7 @@ main(void)
 		cmocka_unit_test(test_parse_reply),
 		cmocka_unit_test(test_token_secret),
 		cmocka_unit_test(test_refused_async),
+		cmocka_unit_test(test_bucket),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
