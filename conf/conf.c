@@ -128,7 +128,7 @@ static const struct cf_key cf_keys[] = {
 	  "delays between attempts; the last one repeats" },
 	{ "retry", "jitter", T_PERCENT, F(retry_jitter_pct), "10%", 0, 100,
 	  "random spread added to each delay" },
-	{ "retry", "max_age", T_DURATION, F(max_age_ms), "4d", 60000, 30ull * 86400000,
+	{ "retry", "max_age", T_DURATION, F(max_age_ms), "4d", 1000, 30ull * 86400000,
 	  "a message still deferred after this long expires (RFC 5321: 4-5 days)" },
 
 	{ "dkim", "domain", T_STR, F(dkim_domain), "", 0, 0,

@@ -163,6 +163,9 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 		if ((rc = q_due_put(t, &nd, err, errlen)) != 0)
 			return rc;
 	} else {
+		if (o->state == Q_BOUNCED)
+			m.flags = (uint8_t)((m.flags & ~Q_CAT_MASK) |
+				((o->category << Q_CAT_SHIFT) & Q_CAT_MASK));
 		/* The body is freed by a later, separate transaction: the state
 		 * change is what must be quick (freeing a 10 KB body walks
 		 * LMDB's overflow pages). A crash in between leaves bodies of

@@ -40,6 +40,7 @@ struct cm_outcome {
 	uint16_t attempts;         /* attempts so far, this one included */
 	uint64_t now_ms;
 	bool suppress;             /* hard bounce: add rcpt to suppression */
+	uint8_t category;          /* bounce category (recorded in the msg) */
 	bool committed;            /* set by the committer */
 	char rcpt[Q_RCPT_MAX + 1];
 	char reply[Q_REPLY_MAX + 1];

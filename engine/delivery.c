@@ -162,6 +162,25 @@ static double wall_s(void)
 
 /* ---- outcomes ---- */
 
+static const char *const categories[] = { "", "bad_mailbox", "mailbox_full",
+	"too_large", "policy_spam", "auth_dmarc", "other", "bad_domain" };
+
+int dl_category_code(const char *name)
+{
+	if (!name)
+		return 0;
+	for (size_t i = 1; i < sizeof categories / sizeof *categories; i++)
+		if (strcmp(categories[i], name) == 0)
+			return (int)i;
+	return 6;
+}
+
+const char *dl_category_name(int code)
+{
+	return code > 0 && (size_t)code < sizeof categories / sizeof *categories
+		? categories[code] : "other";
+}
+
 static void dmsg_free(struct dmsg *m)
 {
 	free(m->rcpt);
@@ -209,6 +228,7 @@ static void outcome(struct dl *d, struct dmsg *m, uint8_t kind,
 	}
 	o->state = kind;
 	o->suppress = suppress && kind == Q_BOUNCED;
+	o->category = (uint8_t)dl_category_code(category);
 	struct evlog_event ev = {
 		.event = event, .campaign = m->due.cid, .msg = m->id,
 		.rcpt = m->rcpt, .site = site, .mx = mx, .code = code,

@@ -52,6 +52,9 @@ void dl_drain(dl *d);
 bool dl_idle(const dl *d);
 /* {"inflight","connections","sites":[...]} */
 json_t *dl_status(dl *d, bool sites);
+/* Bounce categories as stored in a message record (4 bits). */
+int dl_category_code(const char *name);
+const char *dl_category_name(int code);
 /* Apply new limits (config reload). */
 void dl_reconfigure(dl *d, const struct cf *cf);
 

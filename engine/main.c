@@ -30,7 +30,7 @@ static void usage(FILE *f)
 "\n"
 "  serve [-c FILE] [-o SECTION.KEY=VALUE]...   run the engine (foreground)\n"
 "  submit [-s SOCKET] CAMPAIGN.json [--wait]  submit a campaign, print its id\n"
-"  status [ID] [--json] [--sites]             campaigns and engine state\n"
+"  status [ID] [--json] [--sites] [--bounces] campaigns, engine, bounce report\n"
 "  pause|resume|cancel ID                     act on a campaign's messages\n"
 "  suppress add|remove ADDRESS [--reason R]   the suppression list\n"
 "  suppress list\n"
@@ -56,6 +56,7 @@ struct opts {
 	bool wait;
 	bool json;
 	bool sites;
+	bool bounces;
 	bool quiet;
 	const char *campaign, *domain, *state, *msg, *reason;
 	long limit;
@@ -72,6 +73,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{ "wait", no_argument, NULL, 'w' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "sites", no_argument, NULL, 'S' },
+		{ "bounces", no_argument, NULL, 'B' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "campaign", required_argument, NULL, 'C' },
 		{ "domain", required_argument, NULL, 'D' },
@@ -96,6 +98,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		case 'w': o->wait = true; break;
 		case 'j': o->json = true; break;
 		case 'S': o->sites = true; break;
+		case 'B': o->bounces = true; break;
 		case 'q': o->quiet = true; break;
 		case 'C': o->campaign = optarg; break;
 		case 'D': o->domain = optarg; break;
@@ -347,6 +350,8 @@ static int cmd_status(const struct opts *o)
 		json_object_set_new(req, "id", json_string(o->args[0]));
 	if (o->sites)
 		json_object_set_new(req, "sites", json_true());
+	if (o->bounces)
+		json_object_set_new(req, "bounces", json_true());
 	json_t *r = call(o, req);
 	if (!r)
 		return 1;
@@ -377,6 +382,23 @@ static int cmd_status(const struct opts *o)
 			geti(c, "total"), geti(c, "rendered"), geti(c, "delivered"),
 			geti(c, "bounced"), geti(c, "expired"), geti(c, "deferrals"),
 			geti(c, "pending"));
+	json_array_foreach(json_object_get(r, "campaigns"), i, c) {
+		json_t *br = json_object_get(c, "bounce_report");
+		if (!br)
+			continue;
+		printf("\nbounces of campaign %" JSON_INTEGER_FORMAT ":\n",
+			geti(c, "id"));
+		const char *k;
+		json_t *v;
+		json_object_foreach(json_object_get(br, "categories"), k, v)
+			printf("  %-14s %" JSON_INTEGER_FORMAT "\n", k,
+				json_integer_value(v));
+		size_t j;
+		json_t *x;
+		json_array_foreach(json_object_get(br, "top_replies"), j, x)
+			printf("  %6" JSON_INTEGER_FORMAT "  %.100s\n", geti(x, "count"),
+				json_string_value(json_object_get(x, "reply")));
+	}
 	json_t *sites = json_object_get(e, "sites");
 	if (sites) {
 		printf("\n%-40s %6s %6s %8s %s\n", "SITE", "CONNS", "QUEUED",

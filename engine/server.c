@@ -612,6 +612,60 @@ static json_t *camp_json(struct srv *s, struct scamp *sc, q_txn *t)
 	return j;
 }
 
+/* Bounce report of a campaign: counts by category and the most frequent
+ * replies, from the message records. */
+struct bounce_ctx {
+	json_t *cats;
+	json_t *replies;   /* reply → count */
+};
+
+static int bounce_cb(void *arg, uint64_t id, const struct q_msg *m)
+{
+	struct bounce_ctx *x = arg;
+	(void)id;
+	if (m->state != Q_BOUNCED)
+		return 0;
+	const char *cat = dl_category_name((m->flags & Q_CAT_MASK) >>
+		Q_CAT_SHIFT);
+	json_t *n = json_object_get(x->cats, cat);
+	json_object_set_new(x->cats, cat, json_integer(n ?
+		json_integer_value(n) + 1 : 1));
+	if (json_object_size(x->replies) < 1000 || json_object_get(x->replies,
+	    m->reply)) {
+		json_t *r = json_object_get(x->replies, m->reply);
+		json_object_set_new(x->replies, m->reply, json_integer(r ?
+			json_integer_value(r) + 1 : 1));
+	}
+	return 0;
+}
+
+static json_t *bounce_report(q_txn *t, uint32_t cid)
+{
+	char err[128];
+	struct bounce_ctx x = { json_object(), json_object() };
+	q_msg_each(t, cid, bounce_cb, &x, err, sizeof err);
+	/* the ten most frequent replies */
+	json_t *top = json_array();
+	for (int k = 0; k < 10; k++) {
+		const char *best = NULL;
+		json_int_t bn = 0;
+		const char *key;
+		json_t *v;
+		json_object_foreach(x.replies, key, v)
+			if (json_integer_value(v) > bn) {
+				bn = json_integer_value(v);
+				best = key;
+			}
+		if (!best)
+			break;
+		json_array_append_new(top, json_pack("{sssI}", "reply", best,
+			"count", bn));
+		json_object_del(x.replies, best);
+	}
+	json_decref(x.replies);
+	return json_pack("{soso}", "categories", x.cats, "top_replies", top);
+}
+
 static void op_status(struct srv *s, ctl_conn *c, json_t *req)
 {
 	int64_t id = req_id(req, "id");
@@ -622,9 +676,15 @@ static void op_status(struct srv *s, ctl_conn *c, json_t *req)
 		return;
 	}
 	json_t *arr = json_array();
+	bool bounces = json_is_true(json_object_get(req, "bounces"));
 	for (size_t i = 0; i < s->ncamps; i++)
-		if (id < 0 || s->camps[i]->cid == (uint32_t)id)
-			json_array_append_new(arr, camp_json(s, s->camps[i], t));
+		if (id < 0 || s->camps[i]->cid == (uint32_t)id) {
+			json_t *cj = camp_json(s, s->camps[i], t);
+			if (bounces)
+				json_object_set_new(cj, "bounce_report",
+					bounce_report(t, s->camps[i]->cid));
+			json_array_append_new(arr, cj);
+		}
 	q_abort(t);
 	if (id >= 0 && json_array_size(arr) == 0) {
 		json_decref(arr);

@@ -134,9 +134,12 @@ enum q_state {
 const char *q_state_name(int s);
 int q_state_parse(const char *s);   /* -1 when unknown */
 
+#define Q_CAT_SHIFT 4
+#define Q_CAT_MASK 0xf0
+
 struct q_msg {
 	uint8_t state;        /* enum q_state */
-	uint8_t flags;
+	uint8_t flags;        /* bits 0-3: render flags; 4-7: bounce category */
 	uint16_t attempts;
 	uint64_t created_ms;
 	uint64_t due_ms;

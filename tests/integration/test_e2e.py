@@ -33,6 +33,7 @@ from carteiro_test import Engine, World, port_open, wait_until  # noqa: E402
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 MX1, MX2, DNS = "127.10.1.1", "127.10.1.2", "127.10.1.53"
 MX3, MX4 = "127.10.1.3", "127.10.1.4"     # defer-once and bounce sinks
+MX5, DEAD = "127.10.1.5", "127.10.1.9"     # always 451; nobody listens
 DNS_PORT = 5353
 N = 1000
 
@@ -78,6 +79,12 @@ def dnsmasq(w, domains):
         f.write("host-record=mx3.e2e.test,%s\n" % MX3)
         f.write("host-record=mx4.e2e.test,%s\n" % MX4)
         f.write("mx-host=adiado.e2e.test,mx3.e2e.test,10\n")
+        f.write("host-record=mx5.e2e.test,%s\n" % MX5)
+        f.write("mx-host=expira.e2e.test,mx5.e2e.test,10\n")
+        # The preferred MX refuses connections: fail over to the next.
+        f.write("host-record=mxdead.e2e.test,%s\n" % DEAD)
+        f.write("mx-host=failover.e2e.test,mxdead.e2e.test,10\n")
+        f.write("mx-host=failover.e2e.test,mx2.e2e.test,20\n")
         f.write("mx-host=recusa.e2e.test,mx4.e2e.test,10\n")
         # No MX at all: the domain's own address (implicit MX).
         f.write("host-record=semmx.e2e.test,%s\n" % MX1)
@@ -112,6 +119,7 @@ def main():
         os.mkdir(save)
         sink = w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25",
                  "-l", f"{MX3}:25,defer=100", "-l", f"{MX4}:25,bounce=100",
+                 "-l", f"{MX5}:25,fail=rcpt:451",
                  "--ready-file",
                  w.path("sink.ready"), "--save", save, "--stats",
                  w.path("sink-stats.json")], "sink")
@@ -141,12 +149,18 @@ def main():
         extra += [{"email": "semmx@semmx.e2e.test", "first_name": "Olga",
                    "last_name": "Implícita", "city": "Olinda",
                    "order": "I1"}]
+        extra += [{"email": f"failover{i}@failover.e2e.test",
+                   "first_name": "Úrsula", "last_name": "Reserva",
+                   "city": "Olinda", "order": f"F{i}"} for i in range(3)]
+        expiring = [{"email": f"expira{i}@expira.e2e.test",
+                     "first_name": "Élio", "last_name": "Prazo",
+                     "city": "Olinda", "order": f"E{i}"} for i in range(2)]
         with open(w.path("contacts.csv"), "w", newline="",
                   encoding="utf-8") as f:
             wr = csv.DictWriter(f, ["email", "first_name", "last_name",
                                     "city", "order"])
             wr.writeheader()
-            for c in contacts + bad + extra:
+            for c in contacts + bad + extra + expiring:
                 wr.writerow(c)
         camp = {
             "name": "e2e — pedidos",
@@ -170,6 +184,7 @@ timeout = 2s
 [retry]
 schedule = 1s
 jitter = 0%
+max_age = 3s
 """).start()
         r = e.cli("submit", "--wait", "--quiet", w.path("campaign.json"),
                   timeout=600)
@@ -177,11 +192,13 @@ jitter = 0%
         st = e.req({"op": "status", "id": cid, "sites": True})
         c = st["campaigns"][0]
         check("campaign done", c["state"] == "done", json.dumps(c))
-        check(f"{N} + 6 delivered", c["delivered"] == N + 6, json.dumps(c))
+        check(f"{N} + 9 delivered", c["delivered"] == N + 9, json.dumps(c))
+        check("2 expired after max_age (always 451)", c["expired"] == 2,
+              json.dumps(c))
         check("8 bounced (null MX, NXDOMAIN, 550)", c["bounced"] == 8,
               json.dumps(c))
-        check("5 deferred once (451), then delivered", c["deferrals"] == 5,
-              json.dumps(c))
+        check("deferrals counted (5 once, 2 until expiry)",
+              c["deferrals"] >= 5 + 2 * 2, json.dumps(c))
 
         # The sink's copies: exactly one per contact.
         got = {}
@@ -254,8 +271,22 @@ jitter = 0%
         delivered = [x for x in ev if x.get("event") == "delivered"]
         bounced = [x for x in ev if x.get("event") == "bounced"]
         check("event log: one delivered line per message",
-              len({x["msg"] for x in delivered}) == len(delivered) == N + 6,
+              len({x["msg"] for x in delivered}) == len(delivered) == N + 9,
               str(len(delivered)))
+        expired = [x for x in ev if x.get("event") == "expired"]
+        check("event log: expired after max_age",
+              len(expired) == 2 and all(x.get("code") == 451
+                                        for x in expired),
+              json.dumps(expired))
+        fo = [x for x in delivered if "failover" in x["rcpt"]]
+        check("MX fail-over: the refused MX is skipped, the next delivers",
+              len(fo) == 3 and all(x.get("mx") == "mx2.e2e.test" for x in fo),
+              json.dumps(fo[:1]))
+        br = e.req({"op": "status", "id": cid, "bounces": True})
+        cats = br["campaigns"][0]["bounce_report"]["categories"]
+        check("bounce report by category", cats == {"bad_domain": 3,
+                                                    "bad_mailbox": 5},
+              json.dumps(br["campaigns"][0]["bounce_report"]))
         dns_b = [x for x in bounced if "e2e.test" in x["rcpt"] and
                  "recusa" not in x["rcpt"]]
         check("event log: bounces at DNS, no connection",
@@ -268,7 +299,8 @@ jitter = 0%
                   x.get("code") == 550 and x.get("enhanced") == "5.1.1" and
                   x.get("category") == "bad_mailbox" for x in hard),
               json.dumps(hard[:1]))
-        deferred = [x for x in ev if x.get("event") == "deferred"]
+        deferred = [x for x in ev if x.get("event") == "deferred" and
+                    "adiado" in x["rcpt"]]
         retried = [x for x in delivered if "adiado" in x["rcpt"]]
         check("event log: 451 deferred, delivered on attempt 2",
               len(deferred) == 5 and all(x.get("code") == 451
@@ -298,18 +330,20 @@ jitter = 0%
         fields = {"ts", "campaign", "msg", "rcpt", "event", "site", "mx",
                   "code", "reply", "attempt", "ms"}
         check("delivered events carry the documented fields",
-              len(delivered) == N + 6 and
+              len(delivered) == N + 9 and
               all(fields <= set(x) for x in delivered),
               json.dumps(delivered[0]))
         sites = st["engine"].get("sites", [])
         keys = sorted(s["site"] for s in sites)
-        check("MX rollup: three sites for 24 domains (+ 3 others)",
-              keys == ["mx1.e2e.test", "mx1.e2e.test,mx2.e2e.test",
-                       "mx2.e2e.test", "mx3.e2e.test", "mx4.e2e.test",
-                       "semmx.e2e.test"], str(keys))
+        check("MX rollup: three sites for 24 domains (+ 5 others)",
+              keys == sorted(
+                  ["mx1.e2e.test", "mx1.e2e.test,mx2.e2e.test",
+                   "mx2.e2e.test", "mx3.e2e.test", "mx4.e2e.test",
+                   "mx5.e2e.test", "mx2.e2e.test,mxdead.e2e.test",
+                   "semmx.e2e.test"]), str(keys))
         r = e.cli("status", str(cid))
         check("carteiro status shows the campaign",
-              b"done" in r.stdout and b"1006" in r.stdout,
+              b"done" in r.stdout and b"1009" in r.stdout,
               r.stdout.decode())
         e.stop()
     finally:
