@@ -85,6 +85,11 @@ def dnsmasq(w, domains):
         f.write("host-record=mxdead.e2e.test,%s\n" % DEAD)
         f.write("mx-host=failover.e2e.test,mxdead.e2e.test,10\n")
         f.write("mx-host=failover.e2e.test,mx2.e2e.test,20\n")
+        # IPv6: an MX host with only an AAAA record.
+        f.write("host-record=mx6.e2e.test,::1\n")
+        f.write("mx-host=v6.e2e.test,mx6.e2e.test,10\n")
+        # A zone whose server does not answer: SERVFAIL / timeout.
+        f.write("server=/semdns.test/127.10.1.254\n")
         f.write("mx-host=recusa.e2e.test,mx4.e2e.test,10\n")
         # No MX at all: the domain's own address (implicit MX).
         f.write("host-record=semmx.e2e.test,%s\n" % MX1)
@@ -119,7 +124,7 @@ def main():
         os.mkdir(save)
         sink = w.start([SINK, "-l", f"{MX1}:25", "-l", f"{MX2}:25",
                  "-l", f"{MX3}:25,defer=100", "-l", f"{MX4}:25,bounce=100",
-                 "-l", f"{MX5}:25,fail=rcpt:451",
+                 "-l", f"{MX5}:25,fail=rcpt:451", "-l", "[::1]:25",
                  "--ready-file",
                  w.path("sink.ready"), "--save", save, "--stats",
                  w.path("sink-stats.json")], "sink")
@@ -152,9 +157,14 @@ def main():
         extra += [{"email": f"failover{i}@failover.e2e.test",
                    "first_name": "Úrsula", "last_name": "Reserva",
                    "city": "Olinda", "order": f"F{i}"} for i in range(3)]
+        extra += [{"email": "seis@v6.e2e.test", "first_name": "Sílvio",
+                   "last_name": "Seis", "city": "Olinda", "order": "V6"}]
         expiring = [{"email": f"expira{i}@expira.e2e.test",
                      "first_name": "Élio", "last_name": "Prazo",
                      "city": "Olinda", "order": f"E{i}"} for i in range(2)]
+        expiring += [{"email": "x@semdns.test", "first_name": "Dinis",
+                      "last_name": "Falha", "city": "Olinda",
+                      "order": "D1"}]
         with open(w.path("contacts.csv"), "w", newline="",
                   encoding="utf-8") as f:
             wr = csv.DictWriter(f, ["email", "first_name", "last_name",
@@ -179,7 +189,8 @@ def main():
 
         e = Engine(w, CARTEIRO, f"""[dns]
 servers = {DNS}:{DNS_PORT}
-timeout = 2s
+timeout = 1s
+tries = 1
 
 [retry]
 schedule = 1s
@@ -192,9 +203,9 @@ max_age = 3s
         st = e.req({"op": "status", "id": cid, "sites": True})
         c = st["campaigns"][0]
         check("campaign done", c["state"] == "done", json.dumps(c))
-        check(f"{N} + 9 delivered", c["delivered"] == N + 9, json.dumps(c))
-        check("2 expired after max_age (always 451)", c["expired"] == 2,
-              json.dumps(c))
+        check(f"{N} + 10 delivered", c["delivered"] == N + 10, json.dumps(c))
+        check("3 expired after max_age (always 451; DNS failing)",
+              c["expired"] == 3, json.dumps(c))
         check("8 bounced (null MX, NXDOMAIN, 550)", c["bounced"] == 8,
               json.dumps(c))
         check("deferrals counted (5 once, 2 until expiry)",
@@ -271,13 +282,23 @@ max_age = 3s
         delivered = [x for x in ev if x.get("event") == "delivered"]
         bounced = [x for x in ev if x.get("event") == "bounced"]
         check("event log: one delivered line per message",
-              len({x["msg"] for x in delivered}) == len(delivered) == N + 9,
+              len({x["msg"] for x in delivered}) == len(delivered) == N + 10,
               str(len(delivered)))
         expired = [x for x in ev if x.get("event") == "expired"]
         check("event log: expired after max_age",
-              len(expired) == 2 and all(x.get("code") == 451
-                                        for x in expired),
+              len(expired) == 3 and all(x.get("code") == 451
+                                        for x in expired
+                                        if "expira" in x["rcpt"]),
               json.dumps(expired))
+        dnsfail = [x for x in ev if x.get("rcpt") == "x@semdns.test" and
+                   x.get("event") == "deferred"]
+        check("DNS failure defers (not bounced)",
+              dnsfail and all("DNS" in x.get("reply", "") for x in dnsfail),
+              json.dumps(dnsfail[:1]))
+        v6 = [x for x in delivered if x["rcpt"] == "seis@v6.e2e.test"]
+        check("IPv6: delivered to an MX with only an AAAA record",
+              len(v6) == 1 and v6[0].get("mx") == "mx6.e2e.test",
+              json.dumps(v6))
         fo = [x for x in delivered if "failover" in x["rcpt"]]
         check("MX fail-over: the refused MX is skipped, the next delivers",
               len(fo) == 3 and all(x.get("mx") == "mx2.e2e.test" for x in fo),
@@ -330,7 +351,7 @@ max_age = 3s
         fields = {"ts", "campaign", "msg", "rcpt", "event", "site", "mx",
                   "code", "reply", "attempt", "ms"}
         check("delivered events carry the documented fields",
-              len(delivered) == N + 9 and
+              len(delivered) == N + 10 and
               all(fields <= set(x) for x in delivered),
               json.dumps(delivered[0]))
         sites = st["engine"].get("sites", [])
@@ -340,10 +361,10 @@ max_age = 3s
                   ["mx1.e2e.test", "mx1.e2e.test,mx2.e2e.test",
                    "mx2.e2e.test", "mx3.e2e.test", "mx4.e2e.test",
                    "mx5.e2e.test", "mx2.e2e.test,mxdead.e2e.test",
-                   "semmx.e2e.test"]), str(keys))
+                   "mx6.e2e.test", "semmx.e2e.test"]), str(keys))
         r = e.cli("status", str(cid))
         check("carteiro status shows the campaign",
-              b"done" in r.stdout and b"1009" in r.stdout,
+              b"done" in r.stdout and b"1010" in r.stdout,
               r.stdout.decode())
         e.stop()
     finally:
