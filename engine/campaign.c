@@ -439,6 +439,9 @@ int camp_prepare(const json_t *req, const char *base_dir, json_t **def_out,
 	const json_t *wa = json_object_get(req, "whatsapp");
 	if (wa) {
 		const char *mode = json_string_value(json_object_get(wa, "mode"));
+		const char *tpl = json_string_value(json_object_get(wa, "template"));
+		const json_t *lang = json_object_get(wa, "language");
+		const json_t *params = json_object_get(wa, "params");
 		if (!json_is_object(wa) || !mode || (strcmp(mode, "fallback") &&
 		    strcmp(mode, "both") && strcmp(mode, "only"))) {
 			json_decref(def);
@@ -446,7 +449,37 @@ int camp_prepare(const json_t *req, const char *base_dir, json_t **def_out,
 				"whatsapp is an object whose mode is \"fallback\", "
 				"\"both\" or \"only\"");
 		}
-		json_object_set(def, "whatsapp", (json_t *)wa);
+		if (!tpl || !*tpl || strlen(tpl) > 512 || strspn(tpl,
+		    "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(tpl)) {
+			json_decref(def);
+			return fail(err, errlen, where, wherelen, "whatsapp.template",
+				"whatsapp.template is the name of an approved template "
+				"(lowercase letters, digits, _)");
+		}
+		if (lang && (!json_is_string(lang) ||
+		    !json_string_length(lang))) {
+			json_decref(def);
+			return fail(err, errlen, where, wherelen, "whatsapp.language",
+				"whatsapp.language is a language code such as pt_BR");
+		}
+		size_t pi;
+		const json_t *pv;
+		if (params && !json_is_array(params)) {
+			json_decref(def);
+			return fail(err, errlen, where, wherelen, "whatsapp.params",
+				"whatsapp.params is a list of Mustache strings");
+		}
+		json_array_foreach(params, pi, pv)
+			if (!json_is_string(pv) || pi >= 64) {
+				json_decref(def);
+				return fail(err, errlen, where, wherelen,
+					"whatsapp.params", "whatsapp.params is a list of at "
+					"most 64 Mustache strings");
+			}
+		json_t *w2 = json_deep_copy(wa);
+		if (!lang)
+			json_object_set_new(w2, "language", json_string("pt_BR"));
+		json_object_set_new(def, "whatsapp", w2);
 	}
 	if (bad) {
 		json_decref(def);
@@ -508,6 +541,10 @@ struct camp *camp_compile(uint32_t cid, json_t *def, char *err,
 		? CAMP_WA_FALLBACK : strcmp(wm, "both") == 0 ? CAMP_WA_BOTH
 		: CAMP_WA_ONLY;
 
+	const json_t *wa = json_object_get(def, "whatsapp");
+	c->wa_template = json_string_value(json_object_get(wa, "template"));
+	c->wa_language = json_string_value(json_object_get(wa, "language"));
+
 	c->partials = mu_set_new();
 	const char *k;
 	json_t *v;
@@ -529,6 +566,23 @@ struct camp *camp_compile(uint32_t cid, json_t *def, char *err,
 	    c->partials, def, "text", MU_ESCAPE_NONE, err, errlen, where,
 	    wherelen)))
 		goto fail;
+	const json_t *params = json_object_get(wa, "params");
+	size_t i;
+	const json_t *pv;
+	c->wa_params = mem_calloc(json_array_size(params) + 1,
+		sizeof *c->wa_params);
+	json_array_foreach(params, i, pv) {
+		char nm[48];
+		snprintf(nm, sizeof nm, "whatsapp.params.%zu", i);
+		c->wa_params[i] = mu_compile(c->partials, nm,
+			json_string_value(pv), json_string_length(pv),
+			MU_ESCAPE_NONE, err, errlen);
+		if (!c->wa_params[i]) {
+			snprintf(where, wherelen, "%s", nm);
+			goto fail;
+		}
+		c->nwa_params = i + 1;
+	}
 	return c;
 fail:
 	camp_unref(c);
@@ -548,6 +602,9 @@ void camp_unref(struct camp *c)
 	mu_tpl_free(c->subject);
 	mu_tpl_free(c->html);
 	mu_tpl_free(c->text);
+	for (size_t i = 0; i < c->nwa_params; i++)
+		mu_tpl_free(c->wa_params[i]);
+	free(c->wa_params);
 	mu_set_free(c->partials);
 	free(c->from_name);
 	free(c->from_addr);

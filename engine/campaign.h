@@ -43,6 +43,10 @@ struct camp {
 	mu_set *partials;
 	mu_tpl *subject, *html, *text;   /* html or text may be NULL */
 	enum camp_wa_mode wa_mode;
+	const char *wa_template;    /* points into def */
+	const char *wa_language;
+	mu_tpl **wa_params;         /* Mustache, no escaping */
+	size_t nwa_params;
 };
 
 /*

@@ -126,6 +126,25 @@ static void gc_add(struct gc *g, uint64_t id)
 	g->ids[g->n++] = id;
 }
 
+static int wake_standby(q_txn *t, const struct cm_outcome *o,
+	struct q_counters *d, char *err, size_t errlen)
+{
+	uint32_t widx = q_id_idx(o->id) | Q_WA_BIT;
+	uint64_t wid = q_id(q_id_cid(o->id), widx);
+	struct q_msg w;
+	if (q_msg_get(t, wid, &w) != 1 || w.state != Q_STANDBY)
+		return 0;
+	struct q_due qd = { q_id_cid(o->id), o->now_ms, widx, 1 };
+	w.state = Q_QUEUED;
+	w.due_ms = o->now_ms;
+	snprintf(w.reply, sizeof w.reply, "fallback: %.400s", o->reply);
+	int rc = q_due_put(t, &qd, err, errlen);
+	if (rc == 0)
+		rc = q_msg_put(t, wid, &w, err, errlen);
+	d->wa_created++;
+	return rc;
+}
+
 static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 	struct gc *gc, char *err, size_t errlen)
 {
@@ -138,7 +157,21 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 	}
 	if (rc == 0)
 		return 0;   /* purged meanwhile (campaign deleted): nothing to do */
-	if (m.state != Q_QUEUED && m.state != Q_PAUSED) {
+	bool wa = (q_id_idx(o->id) & Q_WA_BIT) != 0;
+	if (o->state == Q_SENDING) {
+		/* A WhatsApp claim: committed before the request is made, so a
+		 * crash can never send it twice (q_sweep fails what stays in
+		 * this state). Refused if the message is no longer queued. */
+		if (m.state != Q_QUEUED)
+			return 0;
+		if ((rc = q_due_del(t, &o->due, err, errlen)) != 0)
+			return rc;
+		m.state = Q_SENDING;
+		o->claimed = true;
+		return q_msg_put(t, o->id, &m, err, errlen);
+	}
+	if (m.state != Q_QUEUED && m.state != Q_PAUSED &&
+	    !(wa && m.state == Q_SENDING)) {
 		/* Cancelled or deleted while in flight. A delivery still counts
 		 * as a delivery: the recipient has it. */
 		if (o->state == Q_DELIVERED && m.state == Q_CANCELLED) {
@@ -155,11 +188,17 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 	m.attempts = o->attempts;
 	m.last_ms = o->now_ms;
 	snprintf(m.reply, sizeof m.reply, "%s", o->reply);
-	(*counter_for(d, o->state))++;
+	if (wa && o->state == Q_DELIVERED)
+		d->wa_sent++;
+	else if (wa && o->state != Q_QUEUED)
+		d->wa_failed++;
+	else if (!o->no_attempt)
+		(*counter_for(d, o->state))++;
 	if (o->state == Q_QUEUED) {
 		struct q_due nd = o->due;
 		nd.due_ms = o->new_due;
 		m.due_ms = o->new_due;
+		m.state = Q_QUEUED;   /* a WhatsApp claim (SENDING) returns too */
 		if ((rc = q_due_put(t, &nd, err, errlen)) != 0)
 			return rc;
 	} else {
@@ -172,6 +211,11 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 		 * finished messages, which q_sweep() frees at start-up. */
 		m.state = o->state;
 		gc_add(gc, o->id);
+		/* Fallback: the e-mail could not reach the contact (hard
+		 * bounce, expired): its WhatsApp message on standby is due. */
+		if (!wa && (o->state == Q_EXPIRED || (o->state == Q_BOUNCED &&
+		    o->suppress)) && (rc = wake_standby(t, o, d, err, errlen)))
+			return rc;
 	}
 	if (o->suppress && o->rcpt[0]) {
 		buf_t j = BUF_INIT;
@@ -204,6 +248,7 @@ static int apply_batch(cm *c, struct cm_outcome *list,
 		for (struct cm_outcome *o = list; rc == 0 && o; o = o->next) {
 			struct cm_touched *x = touch(touched, ntouched, &cap,
 				q_id_cid(o->id));
+			o->claimed = false;
 			rc = apply_one(t, o, &x->c, &c->pending_gc, err, errlen);
 		}
 		/* Apply the deltas, then read back the totals for the loop. */

@@ -35,12 +35,15 @@ struct cm_outcome {
 	struct cm_outcome *next;   /* list link, owned by whoever holds it */
 	uint64_t id;
 	struct q_due due;          /* the index entry it was pulled with */
-	uint8_t state;             /* final q_state, or Q_QUEUED = deferred */
+	uint8_t state;             /* final q_state, Q_QUEUED = deferred, or
+	                            * Q_SENDING = claim a WhatsApp message */
 	uint64_t new_due;          /* deferred: when to try again (ms) */
 	uint16_t attempts;         /* attempts so far, this one included */
 	uint64_t now_ms;
 	bool suppress;             /* hard bounce: add rcpt to suppression */
 	uint8_t category;          /* bounce category (recorded in the msg) */
+	bool no_attempt;           /* a put-back: not counted as a deferral */
+	bool claimed;              /* Q_SENDING claim accepted (set on commit) */
 	bool committed;            /* set by the committer */
 	char rcpt[Q_RCPT_MAX + 1];
 	char reply[Q_REPLY_MAX + 1];

@@ -14,6 +14,7 @@
 #include "engine/delivery.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <ctype.h>
 #include <fnmatch.h>
 #include <inttypes.h>
@@ -31,6 +32,7 @@
 #include "engine/mem.h"
 #include "engine/smtp.h"
 #include "engine/tls.h"
+#include "engine/whatsapp.h"
 
 #define PULL_CHUNK 512
 #define HOST_DOWN_SECS 60.0
@@ -51,6 +53,9 @@ struct dmsg {
 	char *body;                 /* loaded when handed to a session */
 	size_t len;
 	char sender[Q_RCPT_MAX + 1];
+	bool wa;                    /* a WhatsApp message */
+	uint64_t wa_req;            /* request id while sending */
+	struct dl *owner;           /* for the WhatsApp callback */
 };
 
 struct dcamp {
@@ -136,10 +141,16 @@ struct dl {
 	ev_timer pull_timer;        /* periodic */
 	ev_timer soon;              /* coalesced immediate pull */
 	ev_timer site_timer;        /* backoffs ending */
+
+	wa_client *wa;              /* NULL: the WhatsApp channel is off */
+	bool wa_paused;             /* token refused: until a reload */
+	double wa_backoff_until;    /* client queue full */
 };
 
 static void pull(struct dl *d);
 static void site_kick(struct dl *d, struct dsite *st);
+static void wa_claim(struct dl *d, struct dmsg *m);
+static void wa_send_claimed(struct dl *d, struct dmsg *m);
 
 static double now_s(struct dl *d)
 {
@@ -192,22 +203,41 @@ static void dmsg_free(struct dmsg *m)
  * Record what happened to `m`: kind is Q_DELIVERED, Q_BOUNCED or Q_QUEUED
  * (deferred). The message stays in flight until the commit comes back.
  */
+static void outcome_ex(struct dl *d, struct dmsg *m, uint8_t kind,
+	const char *site, const char *mx, int code, const char *enhanced,
+	const char *reply, const char *category, const char *tls, double ms,
+	bool suppress, uint64_t retry_ms, bool no_attempt, const char *extra);
+
 static void outcome(struct dl *d, struct dmsg *m, uint8_t kind,
 	const char *site, const char *mx, int code, const char *enhanced,
 	const char *reply, const char *category, const char *tls, double ms,
 	bool suppress)
 {
+	outcome_ex(d, m, kind, site, mx, code, enhanced, reply, category, tls,
+		ms, suppress, 0, false, NULL);
+}
+
+static void outcome_ex(struct dl *d, struct dmsg *m, uint8_t kind,
+	const char *site, const char *mx, int code, const char *enhanced,
+	const char *reply, const char *category, const char *tls, double ms,
+	bool suppress, uint64_t retry_ms, bool no_attempt, const char *extra)
+{
 	struct cm_outcome *o = cm_outcome_new();
 	uint64_t now = wall_ms();
 	o->id = m->id;
 	o->due = m->due;
-	o->attempts = (uint16_t)(m->attempts + 1);
+	o->attempts = (uint16_t)(m->attempts + (no_attempt ? 0 : 1));
+	o->no_attempt = no_attempt;
 	o->now_ms = now;
 	o->ref = m;
 	snprintf(o->rcpt, sizeof o->rcpt, "%s", m->rcpt);
 	snprintf(o->reply, sizeof o->reply, "%s", reply ? reply : "");
 	const char *event;
-	if (kind == Q_QUEUED) {
+	if (kind == Q_QUEUED && (retry_ms || no_attempt)) {
+		/* WhatsApp: the API's delay, or a put-back. */
+		o->new_due = now + (retry_ms ? retry_ms : 1000);
+		event = "deferred";
+	} else if (kind == Q_QUEUED) {
 		const struct cf *cf = d->cf;
 		if (now >= m->created_ms + cf->max_age_ms) {
 			kind = Q_EXPIRED;
@@ -223,6 +253,8 @@ static void outcome(struct dl *d, struct dmsg *m, uint8_t kind,
 				o->new_due = m->created_ms + cf->max_age_ms;
 			event = "deferred";
 		}
+	} else if (m->wa) {
+		event = kind == Q_DELIVERED ? "whatsapp_sent" : "whatsapp_failed";
 	} else {
 		event = kind == Q_DELIVERED ? "delivered" : "bounced";
 	}
@@ -233,7 +265,7 @@ static void outcome(struct dl *d, struct dmsg *m, uint8_t kind,
 		.event = event, .campaign = m->due.cid, .msg = m->id,
 		.rcpt = m->rcpt, .site = site, .mx = mx, .code = code,
 		.enhanced = enhanced, .reply = reply, .category = category,
-		.tls = tls, .attempt = o->attempts, .ms = ms,
+		.tls = tls, .attempt = o->attempts, .ms = ms, .extra = extra,
 	};
 	evlog_format(&o->event, wall_s(), &ev);
 	cm_push(d->cm, o);
@@ -244,6 +276,23 @@ void dl_committed(dl *d, struct cm_outcome *list)
 	while (list) {
 		struct cm_outcome *n = list->next;
 		struct dmsg *m = list->ref;
+		if (list->state == Q_SENDING) {
+			/* A WhatsApp claim came back. */
+			bool ok = list->committed && list->claimed;
+			cm_outcome_free(list);
+			list = n;
+			if (ok) {
+				/* Sent even while stopping: the stop waits for it. */
+				wa_send_claimed(d, m);
+			} else {
+				/* Refused: cancelled meanwhile, or not committed (it
+				 * stays due and is claimed again). */
+				ht_set_del(&d->inflight, m->id);
+				d->active--;
+				dmsg_free(m);
+			}
+			continue;
+		}
 		if (!list->committed)
 			for (struct dcamp *c = d->camps; c; c = c->next)
 				if (c->cid == m->due.cid)
@@ -816,6 +865,120 @@ static void site_kick(struct dl *d, struct dsite *st)
 	}
 }
 
+/* ---- WhatsApp ---- */
+
+/* Claim the message durably (Q_SENDING) before sending: a crash between
+ * the request and its result must not lead to a second message. */
+static void wa_claim(struct dl *d, struct dmsg *m)
+{
+	struct cm_outcome *o = cm_outcome_new();
+	o->id = m->id;
+	o->due = m->due;
+	o->state = Q_SENDING;
+	o->attempts = m->attempts;
+	o->now_ms = wall_ms();
+	o->ref = m;
+	snprintf(o->rcpt, sizeof o->rcpt, "%s", m->rcpt);
+	cm_push(d->cm, o);
+}
+
+static void wa_done(void *arg, uint64_t id, const struct wa_result *r)
+{
+	struct dmsg *m = arg;
+	struct dl *d = m->owner;
+	(void)id;
+	m->wa_req = 0;
+	char extra[400] = "";
+	char code[40] = "";
+	if (r->code)
+		snprintf(code, sizeof code, "%ld", r->code);
+	switch (r->kind) {
+	case WA_SENT:
+		snprintf(extra, sizeof extra, "\"channel\":\"whatsapp\","
+			"\"message_id\":\"%.150s\",\"wa_id\":\"%.40s\"",
+			r->message_id, r->wa_id);
+		outcome_ex(d, m, Q_DELIVERED, "whatsapp", NULL, (int)r->http_status,
+			NULL, "sent", NULL, NULL, (double)r->ms, false, 0, false,
+			extra);
+		break;
+	case WA_FAILED: {
+		char reply[400];
+		snprintf(reply, sizeof reply, "%s%s%s", code, code[0] ? " " : "",
+			r->message);
+		snprintf(extra, sizeof extra, "\"channel\":\"whatsapp\","
+			"\"error_code\":%ld,\"error_subcode\":%ld", r->code,
+			r->subcode);
+		outcome_ex(d, m, Q_FAILED, "whatsapp", NULL, (int)r->http_status,
+			NULL, reply, NULL, NULL, (double)r->ms, false, 0, false, extra);
+		break;
+	}
+	case WA_CHANNEL_PAUSED:
+		if (!d->wa_paused)
+			log_err("whatsapp: the API refused the token (%ld %s): the "
+				"channel is paused until the token file is fixed and the "
+				"configuration reloaded", r->code, r->message);
+		d->wa_paused = true;
+		outcome_ex(d, m, Q_QUEUED, "whatsapp", NULL, (int)r->http_status,
+			NULL, "channel paused: token refused", NULL, NULL,
+			(double)r->ms, false, 1000, true,
+			"\"channel\":\"whatsapp\"");
+		break;
+	default: {
+		char reply[400];
+		snprintf(reply, sizeof reply, "%s%s%s", code, code[0] ? " " : "",
+			r->message);
+		outcome_ex(d, m, Q_QUEUED, "whatsapp", NULL, (int)r->http_status,
+			NULL, reply, NULL, NULL, (double)r->ms, false,
+			r->retry_after_ms ? r->retry_after_ms : 60000, false,
+			"\"channel\":\"whatsapp\"");
+		break;
+	}
+	}
+}
+
+/* The claim is committed: make the request. */
+static void wa_send_claimed(struct dl *d, struct dmsg *m)
+{
+	q_txn *t;
+	char err[256];
+	const void *p;
+	size_t len;
+	json_t *j = NULL;
+	if (q_begin(d->q, false, &t, err, sizeof err) == 0) {
+		if (q_body_get(t, m->id, &p, &len) == 1)
+			j = json_loadb(p, len, 0, NULL);
+		q_abort(t);
+	}
+	if (!j) {
+		outcome_ex(d, m, Q_FAILED, "whatsapp", NULL, 0, NULL,
+			"stored WhatsApp message unreadable", NULL, NULL, -1, false, 0,
+			false, "\"channel\":\"whatsapp\"");
+		return;
+	}
+	const char *params[64];
+	size_t np = 0, i;
+	json_t *v;
+	json_array_foreach(json_object_get(j, "params"), i, v)
+		if (np < 64)
+			params[np++] = json_string_value(v);
+	struct wa_msg wm = {
+		.to = json_string_value(json_object_get(j, "to")),
+		.template_name = json_string_value(json_object_get(j, "template")),
+		.language = json_string_value(json_object_get(j, "language")),
+		.params = params, .nparams = np,
+	};
+	m->owner = d;
+	m->wa_req = wa_send(d->wa, &wm, wa_done, m);
+	json_decref(j);
+	if (!m->wa_req) {
+		/* The client's queue is full: put it back, try again soon. */
+		d->wa_backoff_until = now_s(d) + 1;
+		outcome_ex(d, m, Q_QUEUED, "whatsapp", NULL, 0, NULL,
+			"client queue full", NULL, NULL, -1, false, 1000, true,
+			"\"channel\":\"whatsapp\"");
+	}
+}
+
 /* ---- pulling from the queue ---- */
 
 struct pull_ctx {
@@ -834,11 +997,28 @@ static int pull_cb(void *arg, const struct q_due *due)
 	uint64_t id = q_id(due->cid, due->idx);
 	x->last = *due;
 	x->any = true;
-	if (due->chan != 0 || ht_set_has(&d->inflight, id))
+	if (ht_set_has(&d->inflight, id))
 		return 0;
+	if (due->chan == 1 && (!d->wa || d->wa_paused ||
+	    now_s(d) < d->wa_backoff_until))
+		return 0;   /* stays due: the channel is off or paused */
 	struct q_msg qm;
 	if (q_msg_get(x->t, id, &qm) != 1 || qm.state != Q_QUEUED)
 		return 0;
+	if (due->chan == 1) {
+		struct dmsg *m = mem_calloc(1, sizeof *m);
+		m->id = id;
+		m->due = *due;
+		m->attempts = qm.attempts;
+		m->created_ms = qm.created_ms;
+		m->rcpt = mem_strdup(qm.rcpt);
+		m->wa = true;
+		ht_set_add(&d->inflight, id);
+		d->active++;
+		x->got++;
+		wa_claim(d, m);
+		return 0;
+	}
 	struct dmsg *m = mem_calloc(1, sizeof *m);
 	m->id = id;
 	m->due = *due;
@@ -937,6 +1117,47 @@ static void site_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- public ---- */
 
+/* The access token: the first line of token_file, never logged. */
+static int read_token(const char *path, char *tok, size_t len, char *err,
+	size_t errlen)
+{
+	FILE *f = path && *path ? fopen(path, "r") : NULL;
+	if (!f) {
+		snprintf(err, errlen, "[whatsapp] token_file %s: %s",
+			path && *path ? path : "(not set)",
+			path && *path ? strerror(errno) : "a phone_number_id needs "
+			"a token_file");
+		return -1;
+	}
+	if (!fgets(tok, (int)len, f))
+		tok[0] = 0;
+	fclose(f);
+	tok[strcspn(tok, "\r\n")] = 0;
+	if (!tok[0]) {
+		snprintf(err, errlen, "[whatsapp] token_file %s is empty", path);
+		return -1;
+	}
+	return 0;
+}
+
+static int wa_start(struct dl *d, const struct cf *cf, char *err,
+	size_t errlen)
+{
+	char tok[4096];
+	if (read_token(cf->wa_token_file, tok, sizeof tok, err, errlen) < 0)
+		return -1;
+	struct wa_config wc = {
+		.api_url = cf->wa_api_url, .phone_number_id = cf->wa_phone_number_id,
+		.token = tok, .ca_file = cf->wa_ca_file,
+		.max_connections = cf->wa_max_connections,
+		.timeout_ms = cf->wa_timeout_ms, .rate = cf->wa_rate,
+		.ecosystem_retry_ms = cf->wa_ecosystem_retry_ms,
+	};
+	d->wa = wa_new(d->loop, &wc, err, errlen);
+	explicit_bzero(tok, sizeof tok);
+	return d->wa ? 0 : -1;
+}
+
 dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	const struct rd_env *env, char *err, size_t errlen)
 {
@@ -960,6 +1181,13 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	memset(&tc, 0, sizeof tc);
 	tc.ca_file = cf->ca_file && *cf->ca_file ? cf->ca_file : NULL;
 	if (!(d->tls = tls_client_new(&tc, err, errlen))) {
+		dns_free(d->dns);
+		free(d);
+		return NULL;
+	}
+	if (cf->wa_phone_number_id && *cf->wa_phone_number_id &&
+	    wa_start(d, cf, err, errlen) < 0) {
+		tls_client_free(d->tls);
 		dns_free(d->dns);
 		free(d);
 		return NULL;
@@ -1114,6 +1342,17 @@ json_t *dl_status(dl *d, bool sites)
 	json_object_set_new(j, "tls", json_pack("{sIsIsI}", "full",
 		(json_int_t)ts.full, "resumed", (json_int_t)ts.resumed, "failed",
 		(json_int_t)ts.failed));
+	if (d->wa) {
+		struct wa_stats ws;
+		wa_get_stats(d->wa, &ws);
+		json_object_set_new(j, "whatsapp", json_pack(
+			"{sssIsIsIsIsIsI}", "state", d->wa_paused ? "paused: the API "
+			"refused the token (fix token_file, then config reload)"
+			: "active", "sent", (json_int_t)ws.sent, "failed",
+			(json_int_t)ws.failed, "retried", (json_int_t)ws.retried,
+			"connections", (json_int_t)ws.connects, "queued",
+			(json_int_t)ws.queued, "in_flight", (json_int_t)ws.in_flight));
+	}
 	if (!sites)
 		return j;
 	json_t *arr = json_array();
@@ -1144,6 +1383,19 @@ json_t *dl_status(dl *d, bool sites)
 void dl_reconfigure(dl *d, const struct cf *cf)
 {
 	d->cf = cf;
+	if (d->wa) {
+		/* A new token ends a pause (token refused by the API). */
+		char tok[4096], err[300];
+		if (read_token(cf->wa_token_file, tok, sizeof tok, err,
+		    sizeof err) < 0 || wa_set_token(d->wa, tok, err,
+		    sizeof err) < 0) {
+			log_err("reload: %s", err);
+		} else if (d->wa_paused) {
+			log_info("whatsapp: new token, the channel resumes");
+			d->wa_paused = false;
+		}
+		explicit_bzero(tok, sizeof tok);
+	}
 	size_t pos = 0;
 	const char *k;
 	void *v;
@@ -1196,6 +1448,7 @@ void dl_free(dl *d)
 		d->camps = c;
 	}
 	ht_set_free(&d->inflight);
+	wa_free(d->wa);
 	dns_free(d->dns);
 	tls_client_free(d->tls);
 	free(d);

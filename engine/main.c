@@ -366,6 +366,12 @@ static int cmd_status(const struct opts *o)
 		" bytes\n", json_real_value(json_object_get(e, "uptime")),
 		geti(e, "inflight"), geti(e, "connections"),
 		geti(e, "spool_bytes"));
+	json_t *wa = json_object_get(e, "whatsapp");
+	if (wa)
+		printf("whatsapp: %s, %" JSON_INTEGER_FORMAT " sent, %"
+			JSON_INTEGER_FORMAT " failed, %" JSON_INTEGER_FORMAT
+			" retried\n", json_string_value(json_object_get(wa, "state")),
+			geti(wa, "sent"), geti(wa, "failed"), geti(wa, "retried"));
 	printf("%-6s %-24s %-10s %9s %9s %9s %8s %8s %9s %9s\n", "ID", "NAME",
 		"STATE", "TOTAL", "RENDERED", "DELIVERED", "BOUNCED", "EXPIRED",
 		"DEFERRALS", "PENDING");

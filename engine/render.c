@@ -136,9 +136,61 @@ struct out {
 	uint32_t idx;
 	struct rd_msg m;
 	buf_t body;
-	uint8_t state;           /* Q_QUEUED, Q_FAILED, Q_SUPPRESSED */
+	uint8_t state;           /* Q_QUEUED, Q_FAILED, Q_SUPPRESSED, Q_SKIPPED */
 	char reason[256];
+	/* WhatsApp */
+	uint8_t wa;              /* 0 none, Q_QUEUED, Q_STANDBY, Q_FAILED */
+	buf_t wa_body;
+	char wa_to[32];
+	char wa_reason[256];
 };
+
+/*
+ * The contact's WhatsApp message: due now (both, only, or fallback after
+ * the e-mail already failed), on standby (fallback: activated by the
+ * committer if the e-mail bounces hard or expires), or failed with a clear
+ * reason (no usable phone number).
+ */
+static int write_wa(q_txn *t, struct job *j, struct out *o, uint64_t now,
+	uint64_t due, double tsd, buf_t *events, struct q_counters *d,
+	char *err, size_t errlen)
+{
+	uint8_t st = o->wa;
+	bool email_failed = o->state == Q_FAILED || o->state == Q_SUPPRESSED;
+	if (st == Q_STANDBY && email_failed)
+		st = o->wa_body.len ? Q_QUEUED : Q_FAILED;
+	if (st == Q_STANDBY && !o->wa_body.len)
+		return 0;   /* no phone: the e-mail is the only channel */
+	uint32_t widx = o->idx | Q_WA_BIT;
+	uint64_t wid = q_id(j->cid, widx);
+	struct q_msg m = { 0 };
+	m.state = st;
+	m.created_ms = now;
+	m.due_ms = due;
+	snprintf(m.rcpt, sizeof m.rcpt, "%s", o->wa_to);
+	snprintf(m.reply, sizeof m.reply, "%s", o->wa_reason);
+	int rc = 0;
+	if (st == Q_QUEUED || st == Q_STANDBY) {
+		m.body_len = (uint32_t)o->wa_body.len;
+		rc = q_body_put(t, wid, o->wa_body.p, o->wa_body.len, err, errlen);
+	}
+	if (rc == 0 && st == Q_QUEUED) {
+		struct q_due qd = { j->cid, due, widx, 1 };
+		rc = q_due_put(t, &qd, err, errlen);
+		d->wa_created++;
+	}
+	if (rc == 0 && st == Q_FAILED) {
+		struct evlog_event ev = { .event = "whatsapp_failed",
+			.campaign = j->cid, .msg = wid, .rcpt = o->wa_to,
+			.reply = o->wa_reason, .ms = -1 };
+		evlog_format(events, tsd, &ev);
+		d->wa_created++;
+		d->wa_failed++;
+	}
+	if (rc == 0)
+		rc = q_msg_put(t, wid, &m, err, errlen);
+	return rc;
+}
 
 static int write_batch(rd_pool *p, struct job *j, struct out *o, size_t n,
 	buf_t *events, unsigned *queued, char *err, size_t errlen)
@@ -180,6 +232,8 @@ static int write_batch(rd_pool *p, struct job *j, struct out *o, size_t n,
 				if (rc == 0)
 					rc = q_due_put(t, &qd, err, errlen);
 				(*queued)++;
+			} else if (o[i].state == Q_SKIPPED) {
+				d.skipped++;
 			} else {
 				struct evlog_event ev = { .event = o[i].state ==
 					Q_SUPPRESSED ? "suppressed" : "failed",
@@ -193,6 +247,9 @@ static int write_batch(rd_pool *p, struct job *j, struct out *o, size_t n,
 			}
 			if (rc == 0)
 				rc = q_msg_put(t, id, &m, err, errlen);
+			if (rc == 0 && o[i].wa)
+				rc = write_wa(t, j, &o[i], now, due, tsd, events, &d, err,
+					errlen);
 			if (rc == 0)
 				rc = q_contact_del(t, j->cid, o[i].idx, err, errlen);
 			d.rendered++;
@@ -282,10 +339,15 @@ static void *worker(void *arg)
 				buf_reset(&x->body);
 				json_t *contact = json_loadb(items[i].contact,
 					items[i].len, 0, &je);
+				x->wa = 0;
+				buf_reset(&x->wa_body);
+				x->wa_to[0] = x->wa_reason[0] = 0;
 				if (!contact) {
 					x->state = Q_FAILED;
 					snprintf(x->reason, sizeof x->reason,
 						"stored contact unreadable: %s", je.text);
+				} else if (camp->wa_mode == CAMP_WA_ONLY) {
+					x->state = Q_SKIPPED;
 				} else if (rd_render(camp, &p->env, x->idx, contact, now,
 				    &x->body, &x->m, x->reason, sizeof x->reason) < 0) {
 					x->state = Q_FAILED;
@@ -293,6 +355,17 @@ static void *worker(void *arg)
 					x->state = Q_FAILED;
 					snprintf(x->reason, sizeof x->reason,
 						"no e-mail address");
+				}
+				if (contact && camp->wa_mode != CAMP_WA_NONE) {
+					x->wa = camp->wa_mode == CAMP_WA_FALLBACK ? Q_STANDBY
+						: Q_QUEUED;
+					if (rd_render_wa(camp, contact, &x->wa_body, x->wa_to,
+					    sizeof x->wa_to, x->wa_reason,
+					    sizeof x->wa_reason) < 0) {
+						buf_reset(&x->wa_body);
+						if (x->wa == Q_QUEUED)
+							x->wa = Q_FAILED;
+					}
 				}
 				json_decref(contact);
 				free(items[i].contact);
@@ -331,8 +404,10 @@ static void *worker(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&p->mu);
-	for (unsigned i = 0; i < p->batch; i++)
+	for (unsigned i = 0; i < p->batch; i++) {
 		buf_free(&o[i].body);
+		buf_free(&o[i].wa_body);
+	}
 	free(o);
 	free(items);
 	buf_free(&events);
@@ -496,6 +571,46 @@ static const char *str_field(const json_t *o, const char *k)
 {
 	const char *s = json_string_value(json_object_get(o, k));
 	return s && *s ? s : NULL;
+}
+
+int rd_render_wa(const struct camp *c, const json_t *contact, buf_t *out,
+	char *to, size_t tolen, char *err, size_t errlen)
+{
+	const char *phone = str_field(contact, "phone");
+	const char *perr = str_field(contact, "_phone_error");
+	to[0] = 0;
+	if (!phone) {
+		snprintf(err, errlen, "no usable phone number%s%s",
+			perr ? ": " : "", perr ? perr : "");
+		return -1;
+	}
+	snprintf(to, tolen, "%s", phone[0] == '+' ? phone + 1 : phone);
+	const json_t *ctx[2] = { contact, json_object_get(c->def, "vars") };
+	json_t *params = json_array();
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < c->nwa_params; i++) {
+		buf_t b = BUF_INIT;
+		rc = mu_render(c->wa_params[i], ctx, ctx[1] ? 2 : 1, &b, err,
+			errlen);
+		json_t *v = rc == 0 ? json_stringn(b.p ? b.p : "", b.len) : NULL;
+		if (rc == 0 && !v) {
+			snprintf(err, errlen, "parameter %zu is not valid UTF-8", i);
+			rc = -1;
+		}
+		if (v)
+			json_array_append_new(params, v);
+		buf_free(&b);
+	}
+	if (rc == 0) {
+		json_t *j = json_pack("{sssssssO}", "to", to, "template",
+			c->wa_template, "language", c->wa_language, "params", params);
+		char *s = json_dumps(j, JSON_COMPACT);
+		buf_adds(out, s);
+		free(s);
+		json_decref(j);
+	}
+	json_decref(params);
+	return rc;
 }
 
 void rd_sender(const struct camp *c, const struct rd_env *env, uint64_t id,

@@ -55,6 +55,13 @@ struct rd_msg {
 int rd_render(const struct camp *c, const struct rd_env *env, uint32_t idx,
 	const json_t *contact, time_t now, buf_t *out, struct rd_msg *m,
 	char *err, size_t errlen);
+/*
+ * The WhatsApp message of a contact as stored (JSON: to, template,
+ * language, params rendered). Returns 0, or -1 with err saying why the
+ * contact cannot get one (no usable phone number, parameter too long).
+ */
+int rd_render_wa(const struct camp *c, const json_t *contact, buf_t *out,
+	char *to, size_t tolen, char *err, size_t errlen);
 /* The envelope sender of a message (VERP: bounce+<msgid>@domain). */
 void rd_sender(const struct camp *c, const struct rd_env *env, uint64_t id,
 	char *out, size_t outlen);

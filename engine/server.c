@@ -263,10 +263,23 @@ static int intake_contact(void *arg, json_t *c, unsigned long line)
 	}
 	if (e && *e)
 		json_object_set_new(c, "email", json_string(norm));
-	if (in->idx == UINT32_MAX) {
+	/* The WhatsApp number, in E.164; a bad one is kept as a reason so
+	 * that the contact gets a clear event instead of a send. */
+	json_t *phone = json_object_get(c, "phone");
+	if (json_is_string(phone) && json_string_length(phone)) {
+		char p164[32], perr[200];
+		if (addr_phone_e164(json_string_value(phone), p164, sizeof p164,
+		    perr, sizeof perr) == 0) {
+			json_object_set_new(c, "phone", json_string(p164));
+		} else {
+			json_object_del(c, "phone");
+			json_object_set_new(c, "_phone_error", json_string(perr));
+		}
+	}
+	if (in->idx >= Q_WA_BIT - 1) {
 		snprintf(in->code, sizeof in->code, "too_many_contacts");
 		snprintf(in->err, sizeof in->err, "more than %u contacts",
-			UINT32_MAX - 1);
+			Q_WA_BIT - 2);
 		return -1;
 	}
 	char *js = json_dumps(c, JSON_COMPACT);
@@ -478,8 +491,7 @@ static void state_after(void *arg, int rc, const char *err)
 
 static void check_done(struct srv *s, struct scamp *sc)
 {
-	if (strcmp(sc->state, "ready") != 0 || sc->c.total == 0 ||
-	    q_counters_final(&sc->c) < sc->c.total)
+	if (strcmp(sc->state, "ready") != 0 || !q_counters_done(&sc->c))
 		return;
 	snprintf(sc->state, sizeof sc->state, "done");
 	sc->done_ms = now_ms();
@@ -608,6 +620,14 @@ static json_t *camp_json(struct srv *s, struct scamp *sc, q_txn *t)
 		"elapsed", secs);
 	json_object_set_new(j, "rate", json_real(secs > 0 ?
 		c->delivered / secs : 0));
+	json_object_set_new(j, "skipped", json_integer((json_int_t)c->skipped));
+	if (sc->camp->wa_mode != CAMP_WA_NONE)
+		json_object_set_new(j, "whatsapp", json_pack("{sssIsIsI}", "mode",
+			sc->camp->wa_mode == CAMP_WA_BOTH ? "both"
+			: sc->camp->wa_mode == CAMP_WA_ONLY ? "only" : "fallback",
+			"created", (json_int_t)c->wa_created,
+			"sent", (json_int_t)c->wa_sent,
+			"failed", (json_int_t)c->wa_failed));
 	(void)s;
 	return j;
 }
@@ -736,7 +756,7 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	struct cancel_ctx x = { .t = t };
 	int rc = q_due_scan(t, j->cid, NULL, UINT64_MAX, 0, collect_due, &x,
 		NULL, err, errlen);
-	uint64_t n = 0, contacts = 0;
+	uint64_t n = 0, contacts = 0, wa_cancelled = 0;
 	for (size_t i = 0; rc >= 0 && i < x.n; i++) {
 		uint64_t id = q_id(x.due[i].cid, x.due[i].idx);
 		struct q_msg m;
@@ -748,7 +768,10 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 			rc = q_msg_put(t, id, &m, err, errlen);
 			if (rc == 0)
 				rc = q_body_del(t, id, err, errlen);
-			n++;
+			if (x.due[i].idx & Q_WA_BIT)
+				wa_cancelled++;
+			else
+				n++;
 		}
 	}
 	free(x.due);
@@ -759,6 +782,7 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 		/* Contacts never rendered are cancelled too. */
 		struct q_counters d = { 0 };
 		d.cancelled = n + contacts;
+		d.wa_failed = wa_cancelled;
 		rc = q_counters_add(t, j->cid, &d, err, errlen);
 	}
 	if (rc >= 0 && contacts)
@@ -1073,7 +1097,10 @@ static int qjob_apply(q_txn *t, void *arg, buf_t *events, char *err,
 			snprintf(m.reply, sizeof m.reply, "deleted by operator");
 			rc = q_body_del(t, id, err, errlen);
 			struct q_counters c = { 0 };
-			c.cancelled = 1;
+			if (d->idx & Q_WA_BIT)
+				c.wa_failed = 1;
+			else
+				c.cancelled = 1;
 			if (rc == 0)
 				rc = q_counters_add(t, d->cid, &c, err, errlen);
 			struct evlog_event ev = { .event = "deleted",

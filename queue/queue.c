@@ -502,7 +502,13 @@ int q_counters_add(q_txn *t, uint32_t cid, const struct q_counters *d,
 uint64_t q_counters_final(const struct q_counters *c)
 {
 	return c->delivered + c->bounced + c->expired + c->suppressed +
-		c->failed + c->cancelled;
+		c->failed + c->cancelled + c->skipped;
+}
+
+bool q_counters_done(const struct q_counters *c)
+{
+	return c->total > 0 && q_counters_final(c) >= c->total &&
+		c->wa_sent + c->wa_failed >= c->wa_created;
 }
 
 /* ---- contacts ---- */
@@ -562,6 +568,8 @@ static const char *const state_names[] = {
 	[Q_BOUNCED] = "bounced", [Q_EXPIRED] = "expired",
 	[Q_SUPPRESSED] = "suppressed", [Q_FAILED] = "failed",
 	[Q_CANCELLED] = "cancelled", [Q_PAUSED] = "paused",
+	[Q_STANDBY] = "standby", [Q_SENDING] = "sending",
+	[Q_SKIPPED] = "skipped",
 };
 
 const char *q_state_name(int s)
@@ -877,7 +885,24 @@ int q_sweep(q_env *q, uint64_t *freed, char *err, size_t errlen)
 			if (k.mv_size == 8)
 				memcpy(from, k.mv_data, 8);
 			if (k.mv_size == 8 && q_msg_get(t, rd64(k.mv_data), &m) == 1 &&
-			    m.state != Q_QUEUED && m.state != Q_PAUSED) {
+			    m.state == Q_SENDING) {
+				/* Claimed for WhatsApp when the engine stopped: it
+				 * may have been sent; never send it again. */
+				struct q_counters d = { 0 };
+				uint64_t id = rd64(k.mv_data);
+				m.state = Q_FAILED;
+				snprintf(m.reply, sizeof m.reply, "interrupted while "
+					"sending; not sent again (a contact never gets a "
+					"campaign's WhatsApp twice)");
+				d.wa_failed = 1;
+				if ((rc = q_msg_put(t, id, &m, err, errlen)) != 0 ||
+				    (rc = q_counters_add(t, q_id_cid(id), &d, err,
+				    errlen)) != 0)
+					break;
+			}
+			if (k.mv_size == 8 && q_msg_get(t, rd64(k.mv_data), &m) == 1 &&
+			    m.state != Q_QUEUED && m.state != Q_PAUSED &&
+			    m.state != Q_STANDBY && m.state != Q_SENDING) {
 				if ((rc = mdb_cursor_del(cur, 0)) != 0)
 					break;
 				(*freed)++;

@@ -98,14 +98,19 @@ struct q_counters {
 	uint64_t deferrals;   /* deferred attempts (a message may defer often) */
 	uint64_t wa_sent;
 	uint64_t wa_failed;
-	uint64_t spare[5];
+	uint64_t skipped;     /* contacts without an e-mail message (mode only) */
+	uint64_t wa_created;  /* WhatsApp messages due or sent */
+	uint64_t spare[3];
 };
 int q_counters_get(q_txn *t, uint32_t cid, struct q_counters *out);
 /* Adds `d` field by field (creates the record if missing). */
 int q_counters_add(q_txn *t, uint32_t cid, const struct q_counters *d,
 	char *err, size_t errlen);
-/* Messages with a final outcome. */
+/* E-mail outcomes that are final (one per contact when finished). */
 uint64_t q_counters_final(const struct q_counters *c);
+/* The campaign is finished: every contact has its e-mail outcome and
+ * every WhatsApp message created has its outcome. */
+bool q_counters_done(const struct q_counters *c);
 
 /* ---- contacts (waiting to be rendered) ---- */
 int q_contact_put(q_txn *t, uint32_t cid, uint32_t idx, const void *p,
@@ -130,6 +135,9 @@ enum q_state {
 	Q_FAILED,
 	Q_CANCELLED,
 	Q_PAUSED,         /* queued, but its campaign is paused */
+	Q_STANDBY,        /* WhatsApp fallback, used only if e-mail fails */
+	Q_SENDING,        /* WhatsApp: claimed for sending (never sent twice) */
+	Q_SKIPPED,        /* no e-mail for this contact (whatsapp mode only) */
 };
 const char *q_state_name(int s);
 int q_state_parse(const char *s);   /* -1 when unknown */
@@ -164,6 +172,9 @@ int q_body_del(q_txn *t, uint64_t id, char *err, size_t errlen);
 /* Free the bodies of messages that have a final state (left by a crash
  * between an outcome's commit and the freeing of its body). */
 int q_sweep(q_env *q, uint64_t *freed, char *err, size_t errlen);
+
+/* A contact's WhatsApp message has idx | Q_WA_BIT. */
+#define Q_WA_BIT 0x80000000u
 
 /* ---- the due-time index ---- */
 struct q_due {
