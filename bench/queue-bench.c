@@ -179,7 +179,7 @@ int main(int argc, char **argv)
 		o->state = Q_DELIVERED;
 		o->attempts = 1;
 		o->now_ms = 2;
-		snprintf(o->reply, sizeof o->reply, "250 2.0.0 Ok");
+		cm_outcome_text(o, NULL, "250 2.0.0 Ok");
 		cm_push(com, o);
 		/* let the loop take committed batches back as it goes */
 		if (i % 4096 == 0)

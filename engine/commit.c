@@ -72,7 +72,22 @@ struct cm {
 struct cm_outcome *cm_outcome_new(void)
 {
 	struct cm_outcome *o = mem_calloc(1, sizeof *o);
+	o->rcpt = mem_strdup("");
+	o->reply = mem_strdup("");
 	return o;
+}
+
+void cm_outcome_text(struct cm_outcome *o, const char *rcpt,
+	const char *reply)
+{
+	if (rcpt) {
+		free(o->rcpt);
+		o->rcpt = mem_strndup(rcpt, strnlen(rcpt, Q_RCPT_MAX));
+	}
+	if (reply) {
+		free(o->reply);
+		o->reply = mem_strndup(reply, strnlen(reply, Q_REPLY_MAX));
+	}
 }
 
 void cm_outcome_free(struct cm_outcome *o)
@@ -80,6 +95,8 @@ void cm_outcome_free(struct cm_outcome *o)
 	if (!o)
 		return;
 	buf_free(&o->event);
+	free(o->rcpt);
+	free(o->reply);
 	free(o);
 }
 

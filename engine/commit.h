@@ -45,8 +45,8 @@ struct cm_outcome {
 	bool no_attempt;           /* a put-back: not counted as a deferral */
 	bool claimed;              /* Q_SENDING claim accepted (set on commit) */
 	bool committed;            /* set by the committer */
-	char rcpt[Q_RCPT_MAX + 1];
-	char reply[Q_REPLY_MAX + 1];
+	char *rcpt;                /* owned; set with cm_outcome_text() */
+	char *reply;               /* owned, at most Q_REPLY_MAX bytes */
 	buf_t event;               /* event-log line(s), written after commit */
 	void *ref;                 /* the loop's own object */
 };
@@ -84,7 +84,12 @@ void cm_job(cm *c, const struct cm_job *j);
 /* Commit what is pending, stop the thread, deliver the last callbacks. */
 void cm_free(cm *c);
 
+/* A new outcome (rcpt and reply empty strings). The struct is small:
+ * with the commit lagging, the loop may hold a hundred thousand of them. */
 struct cm_outcome *cm_outcome_new(void);
+/* Copy rcpt and reply (either may be NULL = keep) into o. */
+void cm_outcome_text(struct cm_outcome *o, const char *rcpt,
+	const char *reply);
 void cm_outcome_free(struct cm_outcome *o);
 
 /* Outcomes committed since start (for the bench and status). */

@@ -230,8 +230,7 @@ static void outcome_ex(struct dl *d, struct dmsg *m, uint8_t kind,
 	o->no_attempt = no_attempt;
 	o->now_ms = now;
 	o->ref = m;
-	snprintf(o->rcpt, sizeof o->rcpt, "%s", m->rcpt);
-	snprintf(o->reply, sizeof o->reply, "%s", reply ? reply : "");
+	cm_outcome_text(o, m->rcpt, reply ? reply : "");
 	const char *event;
 	if (kind == Q_QUEUED && (retry_ms || no_attempt)) {
 		/* WhatsApp: the API's delay, or a put-back. */
@@ -878,7 +877,7 @@ static void wa_claim(struct dl *d, struct dmsg *m)
 	o->attempts = m->attempts;
 	o->now_ms = wall_ms();
 	o->ref = m;
-	snprintf(o->rcpt, sizeof o->rcpt, "%s", m->rcpt);
+	cm_outcome_text(o, m->rcpt, NULL);
 	cm_push(d->cm, o);
 }
 

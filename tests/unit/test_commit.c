@@ -114,8 +114,10 @@ static void test_outcomes(void **state)
 		o->attempts = 1;
 		o->now_ms = 2000;
 		o->suppress = o->state == Q_BOUNCED;
-		snprintf(o->rcpt, sizeof o->rcpt, "user%u@d%u.test", i, i % 7);
-		snprintf(o->reply, sizeof o->reply, "250 ok %u", i);
+		char a[64], r[64];
+		snprintf(a, sizeof a, "user%u@d%u.test", i, i % 7);
+		snprintf(r, sizeof r, "250 ok %u", i);
+		cm_outcome_text(o, a, r);
 		buf_printf(&o->event, "{\"i\":%u}\n", i);
 		cm_push(com, o);
 	}
