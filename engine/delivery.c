@@ -143,6 +143,8 @@ struct dl {
 	ev_timer site_timer;        /* backoffs ending */
 
 	wa_client *wa;              /* NULL: the WhatsApp channel is off */
+	unsigned wa_claimed;        /* claimed and not finished: a crash can
+	                             * interrupt at most this many */
 	bool wa_paused;             /* token refused: until a reload */
 	double wa_backoff_until;    /* client queue full */
 };
@@ -286,6 +288,7 @@ void dl_committed(dl *d, struct cm_outcome *list)
 			} else {
 				/* Refused: cancelled meanwhile, or not committed (it
 				 * stays due and is claimed again). */
+				d->wa_claimed--;
 				ht_set_del(&d->inflight, m->id);
 				d->active--;
 				dmsg_free(m);
@@ -870,6 +873,7 @@ static void site_kick(struct dl *d, struct dsite *st)
  * the request and its result must not lead to a second message. */
 static void wa_claim(struct dl *d, struct dmsg *m)
 {
+	d->wa_claimed++;
 	struct cm_outcome *o = cm_outcome_new();
 	o->id = m->id;
 	o->due = m->due;
@@ -887,6 +891,8 @@ static void wa_done(void *arg, uint64_t id, const struct wa_result *r)
 	struct dl *d = m->owner;
 	(void)id;
 	m->wa_req = 0;
+	d->wa_claimed--;
+	dl_kick(d, m->due.cid);   /* room for the next WhatsApp message */
 	char extra[400] = "";
 	char code[40] = "";
 	if (r->code)
@@ -949,6 +955,7 @@ static void wa_send_claimed(struct dl *d, struct dmsg *m)
 		q_abort(t);
 	}
 	if (!j) {
+		d->wa_claimed--;
 		outcome_ex(d, m, Q_FAILED, "whatsapp", NULL, 0, NULL,
 			"stored WhatsApp message unreadable", NULL, NULL, -1, false, 0,
 			false, "\"channel\":\"whatsapp\"");
@@ -971,6 +978,7 @@ static void wa_send_claimed(struct dl *d, struct dmsg *m)
 	json_decref(j);
 	if (!m->wa_req) {
 		/* The client's queue is full: put it back, try again soon. */
+		d->wa_claimed--;
 		d->wa_backoff_until = now_s(d) + 1;
 		outcome_ex(d, m, Q_QUEUED, "whatsapp", NULL, 0, NULL,
 			"client queue full", NULL, NULL, -1, false, 1000, true,
@@ -999,8 +1007,9 @@ static int pull_cb(void *arg, const struct q_due *due)
 	if (ht_set_has(&d->inflight, id))
 		return 0;
 	if (due->chan == 1 && (!d->wa || d->wa_paused ||
-	    now_s(d) < d->wa_backoff_until))
-		return 0;   /* stays due: the channel is off or paused */
+	    now_s(d) < d->wa_backoff_until || d->wa_claimed >=
+	    (d->cf->wa_max_connections ? d->cf->wa_max_connections : 16)))
+		return 0;   /* stays due: channel off, paused, or at its limit */
 	struct q_msg qm;
 	if (q_msg_get(x->t, id, &qm) != 1 || qm.state != Q_QUEUED)
 		return 0;
@@ -1083,12 +1092,12 @@ static void pull_cb_timer(struct ev_loop *loop, ev_timer *w, int revents)
 	struct dl *d = w->data;
 	(void)loop;
 	(void)revents;
-	/* Periodically rescan from the start: picks up anything a cursor
-	 * skipped (in flight then, due now) and due retries. */
+	/* Every second, rescan from the start: picks up what a cursor went
+	 * past (in flight then, or a WhatsApp message held back by the
+	 * channel's limit or pause) and retries that came due. */
 	if (w == &d->pull_timer)
 		for (struct dcamp *c = d->camps; c; c = c->next)
-			if (c->next_due <= wall_ms())
-				c->has_cursor = false;
+			c->has_cursor = false;
 	pull(d);
 }
 
@@ -1392,6 +1401,7 @@ void dl_reconfigure(dl *d, const struct cf *cf)
 		} else if (d->wa_paused) {
 			log_info("whatsapp: new token, the channel resumes");
 			d->wa_paused = false;
+			dl_kick(d, 0);
 		}
 		explicit_bzero(tok, sizeof tok);
 	}

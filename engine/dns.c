@@ -41,6 +41,7 @@ struct hostq {               /* address lookup of one MX host */
 
 struct job {
 	dns_resolver *r;
+	struct job *next_pending;
 	char *domain;
 	struct waiter *waiters;
 	struct dns_result res;
@@ -72,7 +73,17 @@ struct dns_resolver {
 	ht_map cache;            /* domain → struct cached */
 	uint64_t next_id;
 	struct dns_stats st;
+	/* At most JOBS_MAX domains are being resolved at once: a burst of a
+	 * thousand new domains would otherwise put thousands of UDP answers
+	 * at once on one socket, and the ones the kernel drops become
+	 * timeouts. The others wait here, in order. */
+	unsigned active;
+	struct job *pending, **pending_tail;
 };
+
+#define JOBS_MAX 64
+
+static void start_pending(dns_resolver *r);
 
 static double now(dns_resolver *r)
 {
@@ -205,6 +216,7 @@ dns_resolver *dns_new(struct ev_loop *loop, const struct dns_config *c,
 	}
 	ev_timer_init(&r->timer, timer_cb, 1, 0);
 	r->timer.data = r;
+	r->pending_tail = &r->pending;
 	return r;
 }
 
@@ -326,11 +338,13 @@ static void finish(struct job *j)
 		j->res.ttl = (unsigned)r->c.tempfail_ttl;
 	}
 	ht_del(&r->jobs, j->domain);
+	r->active--;
 	cache_put(r, j->domain, &j->res);
 	for (struct waiter *w = j->waiters; w; w = w->next)
 		if (!w->cancelled)
 			w->cb(w->arg, &j->res);
 	job_free(j);
+	start_pending(r);
 }
 
 static void set_msg(struct job *j, enum dns_status st, const char *fmt,
@@ -552,6 +566,26 @@ static void mx_cb(void *arg, int status, int timeouts, unsigned char *abuf,
 	resolve_hosts(j);
 }
 
+static void start_job(dns_resolver *r, struct job *j)
+{
+	r->active++;
+	r->st.queries++;
+	ares_query(r->ch, j->domain, ns_c_in, ns_t_mx, mx_cb, j);
+	arm_timer(r);
+}
+
+/* After a job ended: start waiting ones while there is room. */
+static void start_pending(dns_resolver *r)
+{
+	while (r->pending && r->active < JOBS_MAX) {
+		struct job *j = r->pending;
+		r->pending = j->next_pending;
+		if (!r->pending)
+			r->pending_tail = &r->pending;
+		start_job(r, j);
+	}
+}
+
 uint64_t dns_lookup(dns_resolver *r, const char *domain, dns_cb cb,
 	void *arg)
 {
@@ -582,9 +616,12 @@ uint64_t dns_lookup(dns_resolver *r, const char *domain, dns_cb cb,
 	j->domain = mem_strdup(key);
 	j->waiters = w;
 	ht_put(&r->jobs, key, j);
-	r->st.queries++;
-	ares_query(r->ch, key, ns_c_in, ns_t_mx, mx_cb, j);
-	arm_timer(r);
+	if (r->active < JOBS_MAX) {
+		start_job(r, j);
+	} else {
+		*r->pending_tail = j;
+		r->pending_tail = &j->next_pending;
+	}
 	return w->id;
 }
 

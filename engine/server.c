@@ -468,7 +468,13 @@ static int state_apply(q_txn *t, void *arg, buf_t *events, char *err,
 {
 	struct state_job *j = arg;
 	(void)events;
-	return set_state(t, j->cid, j->state, j->done_ms, err, errlen);
+	int rc = set_state(t, j->cid, j->state, j->done_ms, err, errlen);
+	/* A finished campaign keeps the records of what did not arrive
+	 * (bounce report, queue show) and forgets the delivered ones, so
+	 * campaign after campaign does not grow the spool. */
+	if (rc == 0 && strcmp(j->state, "done") == 0)
+		rc = q_msg_forget_delivered(t, j->cid, &j->n, err, errlen);
+	return rc;
 }
 
 static void state_after(void *arg, int rc, const char *err)

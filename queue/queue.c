@@ -676,6 +676,34 @@ int q_msg_each(q_txn *t, uint32_t cid,
 	return n < 0 ? n : 0;
 }
 
+int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *n, char *err,
+	size_t errlen)
+{
+	MDB_cursor *cur;
+	unsigned char k0[8];
+	MDB_val k = { 8, k0 }, v;
+	int rc;
+	*n = 0;
+	id_key(k0, q_id(cid, 0));
+	if ((rc = mdb_cursor_open(t->txn, t->q->dbi[T_MSGS], &cur)) != 0)
+		return q_rc(rc, err, errlen, "forget");
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && k.mv_size == 8 && rd32(k.mv_data) == cid) {
+		if (v.mv_size > 0 && ((const unsigned char *)v.mv_data)[0] ==
+		    Q_DELIVERED) {
+			if ((rc = mdb_cursor_del(cur, 0)) != 0)
+				break;
+			(*n)++;
+			/* after a delete, MDB_NEXT yields the entry that followed */
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return q_rc(rc, err, errlen, "forget");
+	return 0;
+}
+
 int q_body_put(q_txn *t, uint64_t id, const void *p, size_t len, char *err,
 	size_t errlen)
 {

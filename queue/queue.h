@@ -159,6 +159,10 @@ struct q_msg {
 int q_msg_put(q_txn *t, uint64_t id, const struct q_msg *m, char *err,
 	size_t errlen);
 int q_msg_get(q_txn *t, uint64_t id, struct q_msg *out);
+/* Forget the records of delivered messages of a finished campaign (the
+ * event log keeps their history; counters stay). Returns how many. */
+int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *n, char *err,
+	size_t errlen);
 /* Every message of `cid` (or of all campaigns when cid == 0) in id order. */
 int q_msg_each(q_txn *t, uint32_t cid,
 	int (*cb)(void *arg, uint64_t id, const struct q_msg *m), void *arg,

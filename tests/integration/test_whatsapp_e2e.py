@@ -196,6 +196,41 @@ rate = 0
         check("new token + reload: the paused messages are sent",
               st["whatsapp"]["sent"] == 2, json.dumps(st))
 
+        # SIGKILL while WhatsApp requests are in flight (slow API): after
+        # the restart nothing is sent twice; what was in flight is failed.
+        w.stop(double)
+        double = start_double("double4", "--delay", "300")
+        ck = [(f"k{i}@nowhere.invalid", f"+55119000003{i:02d}", "Zeca")
+              for i in range(40)]
+        with open(w.path("ck.csv"), "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["email", "phone", "first_name"])
+            for r in ck:
+                wr.writerow(r)
+        with open(w.path("ck.json"), "w") as f:
+            json.dump({"name": "ck", "from": "Loja <l@loja.test>",
+                       "subject": "x", "text": "y", "contacts": "ck.csv",
+                       "whatsapp": {"template": "crash", "mode": "only"}}, f)
+        cid5 = int(e.cli("submit", w.path("ck.json")).stdout.split()[0])
+
+        def some_sent():
+            return sum(1 for v in sent_to().values()
+                       for x in v if x.get("template") == "crash") >= 3
+        wait_until("some crash messages sent", some_sent, 60, 0.05)
+        e.kill()
+        e.start()
+        st = e.wait_done(cid5, 120)
+        s = sent_to()
+        crash = {k: v for k, v in s.items() if v[0].get("template") ==
+                 "crash"}
+        print(f"# crash: {st['whatsapp']} ({len(crash)} numbers reached)")
+        check("after a crash: every message has an outcome",
+              st["whatsapp"]["sent"] + st["whatsapp"]["failed"] == 40,
+              json.dumps(st))
+        check("after a crash: interrupted ones are failed, not resent",
+              st["whatsapp"]["failed"] <= 16 and all(
+                  len(v) == 1 for v in crash.values()), json.dumps(st))
+
         s = sent_to()
         check("no contact got a campaign's WhatsApp twice",
               all(len(v) == 1 for v in s.values()),

@@ -289,6 +289,29 @@ static void test_map_full_grows(void **state)
 	q_close(q);
 }
 
+static void test_forget_delivered(void **state)
+{
+	(void)state;
+	q_env *q = open_env(1 << 24);
+	q_txn *t = wtxn(q);
+	for (uint32_t i = 0; i < 3000; i++) {
+		struct q_msg m = { .state = i % 3 ? Q_DELIVERED : Q_BOUNCED };
+		strcpy(m.rcpt, "a@b.test");
+		assert_int_equal(q_msg_put(t, q_id(9, i), &m, err, sizeof err), 0);
+	}
+	struct q_msg m = { .state = Q_DELIVERED };
+	assert_int_equal(q_msg_put(t, q_id(10, 0), &m, err, sizeof err), 0);
+	uint64_t n;
+	assert_int_equal(q_msg_forget_delivered(t, 9, &n, err, sizeof err), 0);
+	assert_int_equal(n, 2000);
+	struct q_msg o;
+	for (uint32_t i = 0; i < 3000; i++)
+		assert_int_equal(q_msg_get(t, q_id(9, i), &o), i % 3 ? 0 : 1);
+	assert_int_equal(q_msg_get(t, q_id(10, 0), &o), 1);  /* untouched */
+	q_abort(t);
+	q_close(q);
+}
+
 static void test_suppress(void **state)
 {
 	(void)state;
@@ -317,6 +340,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_contacts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_grows, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_suppress, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_forget_delivered, setup,
+			teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
