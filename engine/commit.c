@@ -19,7 +19,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 
-#define BATCH_MAX 65536
+#define BATCH_MAX 16384
 #define GC_HIGH 100000   /* bodies waiting: free some between batches */
 
 /* Bodies of finished messages, freed after the outcomes are committed. */

@@ -52,7 +52,8 @@ struct dmsg {
 	struct dmsg *next;          /* in its domain's queue */
 	char *body;                 /* loaded when handed to a session */
 	size_t len;
-	char sender[Q_RCPT_MAX + 1];
+	char *sender;               /* VERP sender, made when handed out */
+	struct camp *camp;          /* borrowed: the dcamp holds a reference */
 	bool wa;                    /* a WhatsApp message */
 	uint64_t wa_req;            /* request id while sending */
 	struct dl *owner;           /* for the WhatsApp callback */
@@ -198,6 +199,7 @@ static void dmsg_free(struct dmsg *m)
 {
 	free(m->rcpt);
 	free(m->body);
+	free(m->sender);
 	free(m);
 }
 
@@ -687,6 +689,10 @@ static enum smtp_next sess_next(void *owner, struct smtp_session *s,
 		x->handed = m;
 		memset(out, 0, sizeof *out);
 		out->id = m->id;
+		char snd[Q_RCPT_MAX + 1];
+		rd_sender(m->camp, &d->env, m->id, snd, sizeof snd);
+		free(m->sender);
+		m->sender = mem_strdup(snd);
 		out->sender = m->sender;
 		out->rcpt = m->rcpt;
 		out->data = m->body;
@@ -1034,7 +1040,7 @@ static int pull_cb(void *arg, const struct q_due *due)
 	m->flags = qm.flags;
 	m->created_ms = qm.created_ms;
 	m->rcpt = mem_strdup(qm.rcpt);
-	rd_sender(x->c->camp, &d->env, id, m->sender, sizeof m->sender);
+	m->camp = x->c->camp;
 	ht_set_add(&d->inflight, id);
 	d->active++;
 	x->got++;
