@@ -179,10 +179,54 @@ static void test_outcomes(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* sync = full: every outcome is its own transaction, committed (and
+ * fsynced) before the loop hears of it. */
+static void test_full_mode(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	struct q_config qc = { dir, 1 << 24, 0, Q_SYNC_FULL };
+	q_env *q;
+	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	evlog *ev = evlog_open("", err, sizeof err);
+	q_txn *t;
+	assert_int_equal(q_begin(q, true, &t, err, sizeof err), 0);
+	for (uint32_t i = 0; i < 50; i++) {
+		struct q_msg m = { .state = Q_QUEUED };
+		struct q_due d = { 2, 1, i, 0 };
+		q_msg_put(t, q_id(2, i), &m, err, sizeof err);
+		q_due_put(t, &d, err, sizeof err);
+	}
+	assert_int_equal(q_commit(t, err, sizeof err), 0);
+	struct ctx c = { .loop = ev_loop_new(EVFLAG_AUTO), .want = 50 };
+	struct cm_ops ops = { done_cb };
+	cm *com = cm_new(q, ev, c.loop, 5, &ops, &c, err, sizeof err);
+	for (uint32_t i = 0; i < 50; i++) {
+		struct cm_outcome *o = cm_outcome_new();
+		o->id = q_id(2, i);
+		o->due = (struct q_due){ 2, 1, i, 0 };
+		o->state = Q_DELIVERED;
+		o->attempts = 1;
+		cm_push(com, o);
+	}
+	run(&c);
+	assert_int_equal(c.got, 50);
+	assert_int_equal(cm_transactions(com), 50);
+	cm_free(com);
+	evlog_close(ev);
+	q_close(q);
+	ev_loop_destroy(c.loop);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_outcomes),
+		cmocka_unit_test(test_full_mode),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
