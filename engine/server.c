@@ -583,6 +583,13 @@ static void op_submit(struct srv *s, ctl_conn *c, json_t *req)
 		ctl_error(c, "shutting_down", "the engine is stopping", NULL);
 		return;
 	}
+	if (json_object_get(camp, "whatsapp") && (!s->cf->wa_phone_number_id ||
+	    !*s->cf->wa_phone_number_id)) {
+		ctl_error(c, "invalid_campaign", "the campaign uses WhatsApp but "
+			"this engine has no [whatsapp] phone_number_id configured",
+			"whatsapp");
+		return;
+	}
 	struct intake *in = mem_calloc(1, sizeof *in);
 	in->s = s;
 	in->conn = c;

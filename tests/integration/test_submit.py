@@ -82,6 +82,9 @@ def main():
              "invalid_campaign", "from"),
             ("bad send_at refused", dict(base, send_at="amanhã"),
              "invalid_campaign", "send_at"),
+            ("WhatsApp without a configured channel refused",
+             dict(base, whatsapp={"template": "t", "mode": "both"}),
+             "invalid_campaign", "whatsapp"),
         ]
         for name, camp, code, where in cases:
             r = submit(camp)
