@@ -23,11 +23,14 @@
 #include "conf/conf.h"
 #include "engine/mem.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +47,10 @@ enum cf_type {
 	T_DURLIST,   /* retry schedule */
 	T_PERCENT,   /* 0..100, optional trailing % */
 	T_LOGLEVEL,  /* error | warn | info | debug */
+	T_RATE,      /* "120/s", "500/min", "20000/h", "0" stored as double per s */
+	T_WARMUP,    /* "500, 1000, 2500" daily caps, or "none" */
+	T_BOOL,      /* yes | no */
+	T_ADDRS,     /* IP literals, comma-separated */
 };
 
 struct cf_key {
@@ -109,6 +116,20 @@ static const struct cf_key cf_keys[] = {
 	{ "smtp", "max_messages_per_connection", T_UINT,
 	  F(max_messages_per_connection), "100", 1, 1000000,
 	  "messages sent on one connection before QUIT" },
+	{ "smtp", "site_rate", T_RATE, F(site_rate), "0", 0, 0,
+	  "messages per site (N/s, N/min, N/h; 0 = unlimited) unless [site] says otherwise" },
+	{ "smtp", "site_rate_burst", T_UINT, F(site_rate_burst), "0", 0, 10000000,
+	  "messages a site may get at once after a pause (0 = one second of rate)" },
+	{ "smtp", "site_connection_rate", T_RATE, F(site_connection_rate), "0", 0, 0,
+	  "new connections per site (N/s, N/min, N/h; 0 = unlimited)" },
+	{ "smtp", "warmup", T_WARMUP, F(warmup), "none", 0, 0,
+	  "daily caps per site while an IP or domain warms up: 500, 1000, 2500, … (none = off)" },
+	{ "smtp", "source", T_ADDRS, 0, "", 0, 0,
+	  "local addresses to send from, IP, IP, … (\"\" = the system's choice)" },
+	{ "smtp", "source_max_connections", T_UINT, F(source_max_connections), "0", 0, 100000,
+	  "connections per source address (0 = unlimited)" },
+	{ "smtp", "source_rate", T_RATE, F(source_rate), "0", 0, 0,
+	  "messages per source address (N/s, N/min, N/h; 0 = unlimited)" },
 	{ "smtp", "connect_timeout", T_DURATION, F(connect_timeout_ms), "30s", 10, 3600000,
 	  "TCP connect" },
 	{ "smtp", "greeting_timeout", T_DURATION, F(greeting_timeout_ms), "5m", 10, 3600000,
@@ -123,6 +144,17 @@ static const struct cf_key cf_keys[] = {
 	  "reply to the final dot (RFC 5321: 10m)" },
 	{ "smtp", "idle_timeout", T_DURATION, F(idle_timeout_ms), "5s", 0, 3600000,
 	  "how long an idle connection waits for more messages before QUIT" },
+
+	{ "backoff", "quiet", T_DURATION, F(backoff_quiet_ms), "2m", 100, 86400000,
+	  "a throttled site steps back up after this long without a matching reply" },
+	{ "backoff", "cooldown", T_DURATION, F(backoff_cooldown_ms), "10s", 0, 3600000,
+	  "at most one step down per site in this time" },
+	{ "backoff", "step_up", T_PERCENT, F(backoff_step_up_pct), "25%", 1, 100,
+	  "how much of the full limits comes back per quiet period" },
+	{ "backoff", "floor", T_PERCENT, F(backoff_floor_pct), "10%", 1, 100,
+	  "the limits never step below this share of the configured ones" },
+	{ "backoff", "builtin_rules", T_BOOL, F(backoff_builtin), "yes", 0, 0,
+	  "also apply the built-in rules after the file's (yes | no)" },
 
 	{ "retry", "schedule", T_DURLIST, 0, "5m,10m,30m,1h,2h,4h", 1000, 30ull * 86400000,
 	  "delays between attempts; the last one repeats" },
@@ -170,10 +202,37 @@ static const struct cf_key cf_site_keys[] = {
 	  "messages per connection" },
 	{ "site", "tls", T_TLS, offsetof(struct cf_site, tls), "", 0, 0,
 	  "TLS policy for the site" },
+	{ "site", "rate", T_RATE, offsetof(struct cf_site, rate), "", 0, 0,
+	  "messages per second/minute/hour: 100/s, 500/min (0 = unlimited)" },
+	{ "site", "rate_burst", T_UINT, offsetof(struct cf_site, rate_burst), "", 1,
+	  10000000, "token bucket depth" },
+	{ "site", "connection_rate", T_RATE, offsetof(struct cf_site, connection_rate),
+	  "", 0, 0, "new connections per second/minute/hour" },
+	{ "site", "warmup", T_WARMUP, offsetof(struct cf_site, warmup), "", 0, 0,
+	  "daily caps while warming up, or none" },
+};
+
+/*
+ * Built-in backoff rules: the throttling replies of the large providers and
+ * the generic wording of smaller ones (UOL, Terra, hosting MX). The first
+ * rule that matches a reply applies; the file's rules come first.
+ */
+static const struct cf_rule builtin_rules[] = {
+	{ (char *)"*unusual rate*", 50, 600000 },          /* Gmail 421 4.7.28 */
+	{ (char *)"4?? 4.7.28 *", 50, 600000 },            /* Gmail */
+	{ (char *)"4?? 4.7.65[01] *", 50, 900000 },        /* Outlook.com rate/reputation */
+	{ (char *)"*RP-00[123]*", 50, 900000 },            /* Outlook.com rate limit */
+	{ (char *)"4?? *TS[S0]0[0-9]*", 50, 900000 },      /* Yahoo [TS01] [TSS04] */
+	{ (char *)"4?? *too many connections*", 50, 60000 },
+	{ (char *)"4?? *rate limit*", 50, 300000 },
+	{ (char *)"4?? *throttl*", 50, 0 },
+	{ (char *)"421 *try again later*", 50, 0 },
+	{ (char *)"421 4.7.0 *", 50, 0 },
+	{ (char *)"421 *", 75, 0 },
 };
 
 static const char *const cf_sections[] = {
-	"engine", "queue", "dns", "smtp", "retry", "dkim", "route",
+	"engine", "queue", "dns", "smtp", "backoff", "retry", "dkim", "route",
 	"whatsapp",
 };
 
@@ -247,6 +306,212 @@ cf_format_duration(uint64_t ms, buf_t *out)
 			return;
 		}
 	buf_printf(out, "%" PRIu64 "ms", ms);
+}
+
+int
+cf_parse_rate(const char *s, double *per_s)
+{
+	if (strcmp(s, "0") == 0) {
+		*per_s = 0;
+		return 0;
+	}
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || !(v > 0) || v > 1e9 || *end != '/')
+		return -1;
+	const char *u = end + 1;
+	double div;
+	if (strcmp(u, "s") == 0 || strcmp(u, "sec") == 0)
+		div = 1;
+	else if (strcmp(u, "m") == 0 || strcmp(u, "min") == 0)
+		div = 60;
+	else if (strcmp(u, "h") == 0 || strcmp(u, "hour") == 0)
+		div = 3600;
+	else if (strcmp(u, "d") == 0 || strcmp(u, "day") == 0)
+		div = 86400;
+	else
+		return -1;
+	*per_s = v / div;
+	return 0;
+}
+
+void
+cf_format_rate(double per_s, buf_t *out)
+{
+	static const struct { double div; const char *unit; } units[] = {
+		{ 1, "s" }, { 60, "min" }, { 3600, "h" },
+	};
+	if (per_s <= 0) {
+		buf_adds(out, "0");
+		return;
+	}
+	for (size_t i = 0; i < NELEM(units); i++) {
+		double v = per_s * units[i].div;
+		if (v >= 1 && fabs(v - floor(v + 0.5)) < 1e-6) {
+			buf_printf(out, "%.0f/%s", v, units[i].unit);
+			return;
+		}
+	}
+	buf_printf(out, "%.6g/s", per_s);
+}
+
+int
+cf_parse_rule(const char *s, struct cf_rule *r, char *err, size_t errlen)
+{
+	memset(r, 0, sizeof *r);
+	const char *arrow = strstr(s, "->");
+	if (arrow == NULL) {
+		snprintf(err, errlen, "\"%s\": want PATTERN -> slow N%%, suspend "
+		    "DURATION", s);
+		return -1;
+	}
+	const char *b = s, *e = arrow;
+	while (b < e && isspace((unsigned char)*b))
+		b++;
+	while (e > b && isspace((unsigned char)e[-1]))
+		e--;
+	if (b == e || e - b > 200) {
+		snprintf(err, errlen, "the pattern before \"->\" must have 1-200 "
+		    "characters");
+		return -1;
+	}
+	char *acts = mem_strdup(arrow + 2), *save = NULL;
+	int rc = 0, n = 0;
+	for (char *a = strtok_r(acts, ",", &save); a && rc == 0;
+	     a = strtok_r(NULL, ",", &save)) {
+		char word[32], val[64], extra[8];
+		int k = sscanf(a, " %31s %63s %7s", word, val, extra);
+		uint64_t ms;
+		unsigned pct;
+		char pc;
+		if (k == 2 && strcmp(word, "slow") == 0 &&
+		    sscanf(val, "%u%c", &pct, &pc) == 2 && pc == '%' &&
+		    pct >= 1 && pct <= 99) {
+			r->slow_pct = pct;
+		} else if (k == 2 && strcmp(word, "suspend") == 0 &&
+		    cf_parse_duration(val, &ms) == 0 && ms >= 1 &&
+		    ms <= 86400000) {
+			r->suspend_ms = ms;
+		} else {
+			snprintf(err, errlen, "action \"%s\": want \"slow N%%\" "
+			    "(1-99%%) or \"suspend DURATION\" (up to 1d)", a);
+			rc = -1;
+		}
+		n++;
+	}
+	free(acts);
+	if (rc == 0 && n == 0) {
+		snprintf(err, errlen, "no action after \"->\" (slow N%%, "
+		    "suspend DURATION)");
+		rc = -1;
+	}
+	if (rc == 0)
+		r->pattern = mem_strndup(b, (size_t)(e - b));
+	return rc;
+}
+
+const struct cf_rule *
+cf_builtin_rules(size_t *n)
+{
+	*n = NELEM(builtin_rules);
+	return builtin_rules;
+}
+
+static void
+format_rule(const struct cf_rule *r, buf_t *out)
+{
+	buf_printf(out, "%s ->", r->pattern);
+	if (r->slow_pct)
+		buf_printf(out, " slow %u%%", r->slow_pct);
+	if (r->suspend_ms) {
+		buf_adds(out, r->slow_pct ? ", suspend " : " suspend ");
+		cf_format_duration(r->suspend_ms, out);
+	}
+}
+
+static const char *
+parse_warmup(const char *v, struct cf_warmup *w, bool append, char *msg,
+    size_t msglen)
+{
+	struct cf_warmup t;
+	if (append)
+		t = *w;
+	else
+		memset(&t, 0, sizeof t);
+	t.set = true;
+	if (strcmp(v, "none") == 0 || *v == '\0') {
+		t.n = 0;
+		*w = t;
+		return NULL;
+	}
+	char *copy = mem_strdup(v), *save = NULL;
+	const char *err = NULL;
+	for (char *tok = strtok_r(copy, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		char *end;
+		errno = 0;
+		unsigned long n = strtoul(tok, &end, 10);
+		if (!isdigit((unsigned char)*tok) || errno || *end || n < 1 ||
+		    n > 100000000) {
+			snprintf(msg, msglen, "\"%s\" is not a daily cap "
+			    "(1-100000000)", tok);
+			err = msg;
+			break;
+		}
+		if (t.n == CF_WARMUP_MAX) {
+			snprintf(msg, msglen, "more than %d days", CF_WARMUP_MAX);
+			err = msg;
+			break;
+		}
+		t.days[t.n++] = (uint32_t)n;
+	}
+	free(copy);
+	if (err)
+		return err;
+	*w = t;
+	return NULL;
+}
+
+static const char *
+parse_addrs(struct cf *c, const char *v, bool append, char *msg, size_t msglen)
+{
+	char **list = NULL;
+	size_t n = 0;
+	char *copy = mem_strdup(v), *save = NULL;
+	const char *err = NULL;
+	for (char *tok = strtok_r(copy, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		unsigned char a[16];
+		if (inet_pton(AF_INET, tok, a) != 1 && inet_pton(AF_INET6, tok, a) != 1) {
+			snprintf(msg, msglen, "\"%s\" is not an IPv4 or IPv6 address", tok);
+			err = msg;
+			break;
+		}
+		list = mem_realloc(list, (n + 1) * sizeof *list);
+		list[n++] = mem_strdup(tok);
+	}
+	free(copy);
+	if (err) {
+		for (size_t i = 0; i < n; i++)
+			free(list[i]);
+		free(list);
+		return err;
+	}
+	if (!append) {
+		for (size_t i = 0; i < c->nsources; i++)
+			free(c->sources[i]);
+		free(c->sources);
+		c->sources = NULL;
+		c->nsources = 0;
+	}
+	c->sources = mem_realloc(c->sources, (c->nsources + n + 1) * sizeof *list);
+	for (size_t i = 0; i < n; i++)
+		c->sources[c->nsources++] = list[i];
+	free(list);
+	return NULL;
 }
 
 int
@@ -357,6 +622,12 @@ cf_free(struct cf *c)
 	for (size_t i = 0; i < c->nsites; i++)
 		free_site(&c->sites[i]);
 	free(c->sites);
+	for (size_t i = 0; i < c->nsources; i++)
+		free(c->sources[i]);
+	free(c->sources);
+	for (size_t i = 0; i < c->nrules; i++)
+		free(c->rules[i].pattern);
+	free(c->rules);
 	memset(c, 0, sizeof *c);
 }
 
@@ -470,6 +741,24 @@ set_key(struct cf *c, const struct cf_key *k, const char *v, bool append,
 			    "\"%s\" is not a sync mode (full, group, none)", v), msg;
 		*(int *)field = idx;
 		return NULL;
+	case T_RATE:
+		if (cf_parse_rate(v, (double *)field) < 0)
+			return snprintf(msg, msglen, "\"%s\" is not a rate (e.g. 100/s, "
+			    "500/min, 20000/h, 0 = unlimited)", v), msg;
+		return NULL;
+	case T_WARMUP:
+		return parse_warmup(v, (struct cf_warmup *)field, append, msg, msglen);
+	case T_BOOL:
+		if (strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+			*(bool *)field = true;
+		else if (strcmp(v, "no") == 0 || strcmp(v, "false") == 0 ||
+		    strcmp(v, "0") == 0)
+			*(bool *)field = false;
+		else
+			return snprintf(msg, msglen, "\"%s\" is not yes or no", v), msg;
+		return NULL;
+	case T_ADDRS:
+		return parse_addrs(c, v, append, msg, msglen);
 	case T_DURLIST: {
 		uint64_t tmp[CF_RETRY_MAX];
 		size_t nt = 0;
@@ -518,6 +807,7 @@ struct load_ctx {
 	int failed;
 	/* the section being read, tracked here because inih only gives names */
 	struct cf_site *cur_site;
+	bool site_warmup_seen;   /* continuation lines append */
 	char cur_section[128];
 	bool seen[64];       /* fixed keys already set by this file */
 };
@@ -582,6 +872,8 @@ new_site(struct cf *c, const char *name, bool is_domain)
 	s->name = mem_strdup(name);
 	s->is_domain = is_domain;
 	s->tls = -1;
+	s->rate = -1;
+	s->connection_rate = -1;
 	return s;
 }
 
@@ -617,6 +909,15 @@ handle_site(struct load_ctx *x, const char *name, const char *value)
 		if ((e = parse_uint(value, k->min, k->max, &n, msg, sizeof msg)) != NULL)
 			return fail(x, "[%s] %s: %s", x->cur_section, name, e);
 		*(unsigned *)((char *)s + k->off) = (unsigned)n;
+	} else if (k->type == T_RATE) {
+		if (cf_parse_rate(value, (double *)((char *)s + k->off)) < 0)
+			return fail(x, "[%s] %s: \"%s\" is not a rate (e.g. 100/s, "
+			    "500/min, 20000/h, 0 = unlimited)", x->cur_section, name, value);
+	} else if (k->type == T_WARMUP) {
+		bool append = s->warmup.set && x->site_warmup_seen;
+		if ((e = parse_warmup(value, &s->warmup, append, msg, sizeof msg)))
+			return fail(x, "[%s] %s: %s", x->cur_section, name, e);
+		x->site_warmup_seen = true;
 	} else if (k->type == T_TLS) {
 		int idx = name_index(tls_names, NELEM(tls_names), value);
 		if (idx < 0)
@@ -639,6 +940,7 @@ on_ini_line(void *user, const char *section, const char *name, const char *value
 		/* A new section started; the pre-scan validated its header. */
 		snprintf(x->cur_section, sizeof x->cur_section, "%s", section);
 		x->cur_site = NULL;
+		x->site_warmup_seen = false;
 		if (strncmp(section, "site ", 5) == 0 || strncmp(section, "domain ", 7) == 0) {
 			bool is_domain = section[0] == 'd';
 			const char *nm = section + (is_domain ? 7 : 5);
@@ -656,6 +958,15 @@ on_ini_line(void *user, const char *section, const char *name, const char *value
 		return handle_site(x, name, value);
 	if (strcmp(section, "route") == 0)
 		return handle_route(x, name, value);
+	if (strcmp(section, "backoff") == 0 && strcmp(name, "rule") == 0) {
+		struct cf_rule r;
+		char msg[300];
+		if (cf_parse_rule(value, &r, msg, sizeof msg) < 0)
+			return fail(x, "[backoff] rule: %s", msg);
+		c->rules = mem_realloc(c->rules, (c->nrules + 1) * sizeof *c->rules);
+		c->rules[c->nrules++] = r;
+		return 1;
+	}
 	if (*section == '\0')
 		return fail(x, "\"%s\" is outside any [section]", name);
 
@@ -730,7 +1041,7 @@ prescan(const char *text, struct load_ctx *x)
 			}
 			if (!known) {
 				fail(x, "unknown section [%s] (known: engine, queue, dns, smtp, "
-				    "retry, dkim, route, site NAME, domain NAME)", name);
+				    "backoff, retry, dkim, route, whatsapp, site NAME, domain NAME)", name);
 				return line;
 			}
 		}
@@ -922,6 +1233,24 @@ show_value(const struct cf *c, const struct cf_key *k, buf_t *out)
 	case T_SYNC:
 		buf_adds(out, cf_sync_name(*(const int *)field));
 		break;
+	case T_RATE:
+		cf_format_rate(*(const double *)field, out);
+		break;
+	case T_WARMUP: {
+		const struct cf_warmup *w = field;
+		if (!w->n)
+			buf_adds(out, "none");
+		for (size_t i = 0; i < w->n; i++)
+			buf_printf(out, "%s%u", i ? ", " : "", w->days[i]);
+		break;
+	}
+	case T_BOOL:
+		buf_adds(out, *(const bool *)field ? "yes" : "no");
+		break;
+	case T_ADDRS:
+		for (size_t i = 0; i < c->nsources; i++)
+			buf_printf(out, "%s%s", i ? ", " : "", c->sources[i]);
+		break;
 	case T_DURLIST:
 		for (size_t i = 0; i < c->nretry; i++) {
 			if (i)
@@ -947,6 +1276,23 @@ cf_show(const struct cf *c, buf_t *out)
 		buf_printf(out, "%s = ", k->name);
 		show_value(c, k, out);
 		buf_addc(out, '\n');
+		if (strcmp(k->section, "backoff") == 0 &&
+		    strcmp(k->name, "builtin_rules") == 0) {
+			for (size_t r = 0; r < c->nrules; r++) {
+				buf_adds(out, "rule = ");
+				format_rule(&c->rules[r], out);
+				buf_addc(out, '\n');
+			}
+			if (c->backoff_builtin) {
+				size_t nb;
+				const struct cf_rule *b = cf_builtin_rules(&nb);
+				for (size_t r = 0; r < nb; r++) {
+					buf_adds(out, "# built-in: rule = ");
+					format_rule(&b[r], out);
+					buf_addc(out, '\n');
+				}
+			}
+		}
 	}
 	buf_adds(out, "\n[route]\n");
 	for (size_t i = 0; i < c->nroutes; i++) {
@@ -971,5 +1317,25 @@ cf_show(const struct cf *c, buf_t *out)
 			    s->max_messages_per_connection);
 		if (s->tls >= 0)
 			buf_printf(out, "tls = %s\n", cf_tls_name(s->tls));
+		if (s->rate >= 0) {
+			buf_adds(out, "rate = ");
+			cf_format_rate(s->rate, out);
+			buf_addc(out, '\n');
+		}
+		if (s->rate_burst)
+			buf_printf(out, "rate_burst = %u\n", s->rate_burst);
+		if (s->connection_rate >= 0) {
+			buf_adds(out, "connection_rate = ");
+			cf_format_rate(s->connection_rate, out);
+			buf_addc(out, '\n');
+		}
+		if (s->warmup.set) {
+			buf_adds(out, "warmup = ");
+			if (!s->warmup.n)
+				buf_adds(out, "none");
+			for (size_t j = 0; j < s->warmup.n; j++)
+				buf_printf(out, "%s%u", j ? ", " : "", s->warmup.days[j]);
+			buf_addc(out, '\n');
+		}
 	}
 }

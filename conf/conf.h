@@ -23,6 +23,21 @@ enum cf_tls { CF_TLS_NONE, CF_TLS_OPPORTUNISTIC, CF_TLS_REQUIRED, CF_TLS_VERIFY 
 enum cf_sync { CF_SYNC_FULL, CF_SYNC_GROUP, CF_SYNC_NONE };
 
 #define CF_RETRY_MAX 32
+#define CF_WARMUP_MAX 64
+
+/* A warm-up schedule: daily caps, day 1 first ("500, 1000, 2500, …"). */
+struct cf_warmup {
+	uint32_t days[CF_WARMUP_MAX];
+	size_t n;                /* 0 = no warm-up */
+	bool set;                /* given here (possibly "none") */
+};
+
+/* An adaptive backoff rule: `rule = PATTERN -> slow N%, suspend DURATION`. */
+struct cf_rule {
+	char *pattern;           /* fnmatch, case-insensitive, on "CODE TEXT" */
+	unsigned slow_pct;       /* multiply concurrency and rate by N% (0 = no) */
+	uint64_t suspend_ms;     /* stop trying the site this long (0 = no) */
+};
 
 /* A static next hop: `[route] DOMAIN = HOST:PORT`; "*" is the smarthost. */
 struct cf_route {
@@ -43,6 +58,10 @@ struct cf_site {
 	unsigned max_connections;
 	unsigned max_messages_per_connection;
 	int tls;                 /* enum cf_tls, or -1 when not set */
+	double rate;             /* messages/s, 0 = unlimited, < 0 = not set */
+	unsigned rate_burst;     /* token bucket depth, 0 = not set */
+	double connection_rate;  /* new connections/s, < 0 = not set */
+	struct cf_warmup warmup;
 };
 
 struct cf {
@@ -76,6 +95,14 @@ struct cf {
 	unsigned max_connections;           /* engine-wide */
 	unsigned site_max_connections;      /* default per site */
 	unsigned max_messages_per_connection;
+	double site_rate;                   /* messages/s per site, 0 = unlimited */
+	unsigned site_rate_burst;           /* 0 = one second of rate */
+	double site_connection_rate;        /* connections/s per site, 0 = unlimited */
+	struct cf_warmup warmup;            /* default warm-up of every site */
+	char **sources;                     /* local addresses to send from */
+	size_t nsources;
+	unsigned source_max_connections;    /* per source address, 0 = unlimited */
+	double source_rate;                 /* messages/s per source, 0 = unlimited */
 	uint64_t connect_timeout_ms;
 	uint64_t greeting_timeout_ms;
 	uint64_t command_timeout_ms;        /* EHLO, MAIL, RCPT, RSET, QUIT */
@@ -83,6 +110,15 @@ struct cf {
 	uint64_t data_block_timeout_ms;
 	uint64_t data_term_timeout_ms;
 	uint64_t idle_timeout_ms;
+
+	/* [backoff] */
+	uint64_t backoff_quiet_ms;          /* no matching reply this long: step up */
+	uint64_t backoff_cooldown_ms;       /* at most one step down per this */
+	unsigned backoff_step_up_pct;
+	unsigned backoff_floor_pct;
+	bool backoff_builtin;               /* the built-in rules apply too */
+	struct cf_rule *rules;              /* the file's rules, in order */
+	size_t nrules;
 
 	/* [retry] */
 	uint64_t retry[CF_RETRY_MAX];       /* ms, the last one repeats */
@@ -144,6 +180,13 @@ int cf_parse_duration(const char *s, uint64_t *ms);   /* "30s", "5m", "4d", "250
 int cf_parse_size(const char *s, uint64_t *bytes);    /* "512M", "1G", "4096" */
 int cf_parse_hostport(const char *s, char **host, uint16_t *port); /* "h:25", "[::1]:25" */
 void cf_format_duration(uint64_t ms, buf_t *out);
+/* "120/s", "500/min", "20000/h", "0" (unlimited) → messages per second. */
+int cf_parse_rate(const char *s, double *per_s);
+void cf_format_rate(double per_s, buf_t *out);
+/* "PATTERN -> slow 50%, suspend 5m"; -1 with a message in err. */
+int cf_parse_rule(const char *s, struct cf_rule *r, char *err, size_t errlen);
+/* The built-in rules (the common throttling replies of large providers). */
+const struct cf_rule *cf_builtin_rules(size_t *n);
 
 /* The key table, for documentation checks: name, its section and default. */
 size_t cf_key_count(void);

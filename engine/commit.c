@@ -97,6 +97,7 @@ void cm_outcome_free(struct cm_outcome *o)
 	buf_free(&o->event);
 	free(o->rcpt);
 	free(o->reply);
+	free(o->warm_site);
 	free(o);
 }
 
@@ -249,6 +250,32 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 	return q_msg_put(t, o->id, &m, err, errlen);
 }
 
+/* Sites under warm-up are few: a short array searched linearly. */
+static int add_warmup(q_txn *t, struct cm_outcome *list, char *err,
+	size_t errlen)
+{
+	struct acc { const char *site; int32_t day; uint32_t n; } *a = NULL;
+	size_t na = 0;
+	for (struct cm_outcome *o = list; o; o = o->next) {
+		if (!o->warm_site)
+			continue;
+		size_t i = 0;
+		while (i < na && !(a[i].day == o->warm_day &&
+		    strcmp(a[i].site, o->warm_site) == 0))
+			i++;
+		if (i == na) {
+			a = mem_realloc(a, (na + 1) * sizeof *a);
+			a[na++] = (struct acc){ o->warm_site, o->warm_day, 0 };
+		}
+		a[i].n++;
+	}
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < na; i++)
+		rc = q_warmup_add(t, a[i].site, a[i].day, a[i].n, err, errlen);
+	free(a);
+	return rc;
+}
+
 /* Apply `list` in one transaction; on Q_EFULL grow and retry. */
 static int apply_batch(cm *c, struct cm_outcome *list,
 	struct cm_touched **touched, size_t *ntouched, char *err,
@@ -268,6 +295,9 @@ static int apply_batch(cm *c, struct cm_outcome *list,
 			o->claimed = false;
 			rc = apply_one(t, o, &x->c, &c->pending_gc, err, errlen);
 		}
+		/* Warm-up counts: one write per site and day of the batch. */
+		if (rc == 0)
+			rc = add_warmup(t, list, err, errlen);
 		/* Apply the deltas, then read back the totals for the loop. */
 		for (size_t i = 0; rc == 0 && i < *ntouched; i++) {
 			struct cm_touched *x = &(*touched)[i];

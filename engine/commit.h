@@ -47,6 +47,9 @@ struct cm_outcome {
 	bool committed;            /* set by the committer */
 	char *rcpt;                /* owned; set with cm_outcome_text() */
 	char *reply;               /* owned, at most Q_REPLY_MAX bytes */
+	char *warm_site;           /* owned: count this attempt against the
+	                            * site's warm-up cap of day warm_day */
+	int32_t warm_day;
 	buf_t event;               /* event-log line(s), written after commit */
 	void *ref;                 /* the loop's own object */
 };

@@ -30,6 +30,7 @@
 #include "engine/htab.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/shape.h"
 #include "engine/smtp.h"
 #include "engine/tls.h"
 #include "engine/whatsapp.h"
@@ -57,6 +58,8 @@ struct dmsg {
 	bool wa;                    /* a WhatsApp message */
 	uint64_t wa_req;            /* request id while sending */
 	struct dl *owner;           /* for the WhatsApp callback */
+	bool warm;                  /* counted against its site's warm-up cap */
+	int32_t warm_day;
 };
 
 struct dcamp {
@@ -71,6 +74,13 @@ struct dcamp {
 
 enum dom_state { D_NEW, D_RESOLVING, D_OK, D_ERR };
 
+struct dq {
+	uint32_t cid;
+	bool prio;                  /* transactional */
+	struct dmsg *head, **tail;
+	size_t n;
+};
+
 struct ddom {
 	struct dl *d;
 	char *name;
@@ -80,8 +90,11 @@ struct ddom {
 	struct dsite *site;
 	bool err_permanent;
 	char err[256];
-	struct dmsg *head, **tail;
-	size_t nq;
+	/* Waiting messages, one FIFO per campaign: transactional campaigns
+	 * are served first, bulk ones round-robin (fairness inside a site). */
+	struct dq *q;
+	size_t nqs, qcap, rr;
+	size_t nq;                  /* messages in all FIFOs */
 	bool in_ring;
 	struct ddom *ring_next;
 };
@@ -103,12 +116,47 @@ struct dsite {
 	struct ddom *ring;          /* domains with waiting messages (circular) */
 	size_t queued;
 	unsigned nsess;
+	unsigned nquitting;         /* sessions told to QUIT, not ended yet */
 	unsigned max_conn;
 	unsigned max_msgs;
 	int tls;                    /* enum cf_tls */
 	struct dsess *sessions;
 	unsigned ndomains;
-	double backoff_until;
+	double backoff_until;       /* no MX host reachable */
+
+	/* shaping (engine/shape, docs/shaping.md) */
+	struct dl *d;
+	char *domain;               /* the first domain: its [domain] override */
+	double rate_cfg;            /* messages/s configured, 0 = unlimited */
+	double burst_cfg;           /* 0 = one second of rate */
+	double conn_rate_cfg;
+	struct sh_bucket bucket;    /* messages */
+	struct sh_bucket conn_bucket;
+	struct sh_adapt adapt;
+	double adapt_base;          /* rate step-downs apply to when none is
+	                             * configured: the observed rate */
+	double obs_start, obs_rate; /* observed messages/s */
+	unsigned obs_n;
+	uint32_t warm[CF_WARMUP_MAX];
+	size_t nwarm;
+	bool warm_loaded;
+	int32_t warm_first, warm_day;
+	uint32_t warm_count;
+	bool warm_full_logged;
+	char last_rule[208];
+	char last_reply[208];
+	uint64_t sent;              /* messages handed to sessions */
+	ev_timer wake;              /* tokens, suspension end, step up */
+};
+
+/* A local address to send from ([smtp] source). */
+struct dsource {
+	char name[64];
+	struct sockaddr_storage addr;
+	socklen_t len;
+	unsigned nsess;
+	uint64_t sent;
+	struct sh_bucket bucket;
 };
 
 struct dsess {
@@ -116,7 +164,9 @@ struct dsess {
 	struct dsite *site;
 	struct smtp_session *s;
 	size_t host;
+	int src;                    /* index in d->src, -1 = none */
 	bool idle;
+	bool quitting;              /* over the site's (stepped-down) limit */
 	struct dmsg *handed;        /* messages given to the session */
 	struct dsess *next;
 };
@@ -129,6 +179,11 @@ struct dl {
 	struct rd_env env;
 	dns_resolver *dns;
 	struct tls_client *tls;
+	evlog *ev;
+	struct sh_policy pol;
+	struct dsource *src;
+	size_t nsrc;
+	size_t src_rr;
 
 	struct dcamp *camps;
 	ht_set inflight;
@@ -141,7 +196,6 @@ struct dl {
 
 	ev_timer pull_timer;        /* periodic */
 	ev_timer soon;              /* coalesced immediate pull */
-	ev_timer site_timer;        /* backoffs ending */
 
 	wa_client *wa;              /* NULL: the WhatsApp channel is off */
 	unsigned wa_claimed;        /* claimed and not finished: a crash can
@@ -236,10 +290,15 @@ static void outcome_ex(struct dl *d, struct dmsg *m, uint8_t kind,
 	o->ref = m;
 	cm_outcome_text(o, m->rcpt, reply ? reply : "");
 	const char *event;
+	if (!no_attempt && m->warm && m->dom && m->dom->site) {
+		o->warm_site = mem_strdup(m->dom->site->key);
+		o->warm_day = m->warm_day;
+	}
 	if (kind == Q_QUEUED && (retry_ms || no_attempt)) {
-		/* WhatsApp: the API's delay, or a put-back. */
+		/* WhatsApp: the API's delay; a put-back (postponed: not an
+		 * attempt) by a channel or a site that may not send now. */
 		o->new_due = now + (retry_ms ? retry_ms : 1000);
-		event = "deferred";
+		event = no_attempt ? "postponed" : "deferred";
 	} else if (kind == Q_QUEUED) {
 		const struct cf *cf = d->cf;
 		if (now >= m->created_ms + cf->max_age_ms) {
@@ -327,20 +386,112 @@ static void ring_add(struct dsite *st, struct ddom *dom)
 	}
 }
 
+/* ---- a domain's waiting messages ---- */
+
+static void dom_push(struct ddom *dom, struct dmsg *m)
+{
+	struct dq *q = NULL;
+	for (size_t i = 0; i < dom->nqs; i++)
+		if (dom->q[i].cid == m->due.cid) {
+			q = &dom->q[i];
+			break;
+		}
+	if (!q) {
+		if (dom->nqs == dom->qcap) {
+			size_t cap = dom->qcap ? dom->qcap * 2 : 2;
+			dom->q = mem_realloc(dom->q, cap * sizeof *dom->q);
+			dom->qcap = cap;
+			/* the tails of moved FIFOs point into the old array */
+			for (size_t i = 0; i < dom->nqs; i++)
+				if (!dom->q[i].head)
+					dom->q[i].tail = &dom->q[i].head;
+		}
+		q = &dom->q[dom->nqs++];
+		q->cid = m->due.cid;
+		q->prio = m->camp && m->camp->priority == CAMP_TRANSACTIONAL;
+		q->head = NULL;
+		q->tail = &q->head;
+		q->n = 0;
+	}
+	m->next = NULL;
+	*q->tail = m;
+	q->tail = &m->next;
+	q->n++;
+	dom->nq++;
+}
+
+/* Drop FIFOs that became empty (keeps the array short). */
+static void dom_compact(struct ddom *dom)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < dom->nqs; i++) {
+		if (!dom->q[i].n)
+			continue;
+		/* a non-empty FIFO's tail points into a message: still valid */
+		if (k != i)
+			dom->q[k] = dom->q[i];
+		k++;
+	}
+	dom->nqs = k;
+	if (dom->rr >= k)
+		dom->rr = 0;
+}
+
+/* The next message: transactional first, then bulk campaigns in turn. */
+static struct dmsg *dom_pop(struct ddom *dom)
+{
+	if (!dom->nq)
+		return NULL;
+	struct dq *q = NULL;
+	for (int pass = 0; pass < 2 && !q; pass++)
+		for (size_t k = 0; k < dom->nqs; k++) {
+			size_t i = (dom->rr + k) % dom->nqs;
+			if (dom->q[i].n && dom->q[i].prio == (pass == 0)) {
+				q = &dom->q[i];
+				dom->rr = i + 1;
+				break;
+			}
+		}
+	struct dmsg *m = q->head;
+	q->head = m->next;
+	if (!q->head)
+		q->tail = &q->head;
+	q->n--;
+	dom->nq--;
+	m->next = NULL;
+	if (!q->n)
+		dom_compact(dom);
+	return m;
+}
+
+/* Take out every waiting message of cid (all when cid == 0), as a list. */
+static struct dmsg *dom_take(struct ddom *dom, uint32_t cid)
+{
+	struct dmsg *out = NULL;
+	for (size_t i = 0; i < dom->nqs; i++) {
+		struct dq *q = &dom->q[i];
+		if ((cid && q->cid != cid) || !q->n)
+			continue;
+		*q->tail = out;
+		out = q->head;
+		dom->nq -= q->n;
+		q->head = NULL;
+		q->tail = &q->head;
+		q->n = 0;
+	}
+	dom_compact(dom);
+	return out;
+}
+
 /* Next message of the site, round-robin over its domains. */
 static struct dmsg *site_pop(struct dsite *st)
 {
 	while (st->ring) {
 		struct ddom *dom = st->ring->ring_next;
-		struct dmsg *m = dom->head;
+		struct dmsg *m = dom_pop(dom);
 		if (m) {
-			dom->head = m->next;
-			if (!dom->head)
-				dom->tail = &dom->head;
-			dom->nq--;
 			st->queued--;
 			st->ring = dom;          /* advance */
-			m->next = NULL;
 			if (dom->nq)
 				return m;
 		}
@@ -372,12 +523,39 @@ static const struct cf_site *site_conf(const struct cf *cf, const char *name,
 	return NULL;
 }
 
+/* The rate the site may send at now: configured (or observed, once a
+ * throttling reply came) times the adaptive factor. */
+static double site_rate_now(const struct dsite *st)
+{
+	double base = st->rate_cfg > 0 ? st->rate_cfg
+		: st->adapt.factor < 1 ? st->adapt_base : 0;
+	return sh_scale_rate(base, st->adapt.factor);
+}
+
+static unsigned site_conn_now(const struct dsite *st)
+{
+	return sh_scale_conn(st->max_conn, st->adapt.factor);
+}
+
+static void site_apply_rate(struct dl *d, struct dsite *st)
+{
+	double r = site_rate_now(st);
+	double b = st->burst_cfg > 0 ? st->burst_cfg : sh_default_burst(r);
+	sh_bucket_set(&st->bucket, r, b, now_s(d));
+	double cr = st->conn_rate_cfg;
+	sh_bucket_set(&st->conn_bucket, cr, sh_default_burst(cr), now_s(d));
+}
+
 static void site_limits(struct dl *d, struct dsite *st, const char *domain)
 {
 	const struct cf *cf = d->cf;
 	st->max_conn = cf->site_max_connections;
 	st->max_msgs = cf->max_messages_per_connection;
 	st->tls = cf->tls;
+	st->rate_cfg = cf->site_rate;
+	st->burst_cfg = cf->site_rate_burst;
+	st->conn_rate_cfg = cf->site_connection_rate;
+	const struct cf_warmup *warm = &cf->warmup;
 	const struct cf_site *c = site_conf(cf, st->key, false);
 	const struct cf_site *dc = domain ? site_conf(cf, domain, true) : NULL;
 	for (int k = 0; k < 2; k++) {
@@ -390,8 +568,21 @@ static void site_limits(struct dl *d, struct dsite *st, const char *domain)
 			st->max_msgs = x->max_messages_per_connection;
 		if (x->tls >= 0)
 			st->tls = x->tls;
+		if (x->rate >= 0)
+			st->rate_cfg = x->rate;
+		if (x->rate_burst)
+			st->burst_cfg = x->rate_burst;
+		if (x->connection_rate >= 0)
+			st->conn_rate_cfg = x->connection_rate;
+		if (x->warmup.set)
+			warm = &x->warmup;
 	}
+	memcpy(st->warm, warm->days, warm->n * sizeof *warm->days);
+	st->nwarm = warm->n;
+	site_apply_rate(d, st);
 }
+
+static void site_wake_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 static struct dsite *site_get(struct dl *d, const char *key,
 	const char *domain)
@@ -401,24 +592,235 @@ static struct dsite *site_get(struct dl *d, const char *key,
 		return st;
 	st = mem_calloc(1, sizeof *st);
 	st->key = mem_strdup(key);
+	st->domain = domain ? mem_strdup(domain) : NULL;
+	st->d = d;
+	sh_adapt_init(&st->adapt);
+	sh_bucket_init(&st->bucket, 0, 1, now_s(d));
+	sh_bucket_init(&st->conn_bucket, 0, 1, now_s(d));
+	st->obs_start = now_s(d);
+	ev_timer_init(&st->wake, site_wake_cb, 1.0, 0.0);
+	st->wake.data = st;
 	site_limits(d, st, domain);
+	/* A new site may send a full burst at once. */
+	st->bucket.tokens = st->bucket.burst;
+	st->conn_bucket.tokens = st->conn_bucket.burst;
 	ht_put(&d->sites, key, st);
 	return st;
+}
+
+/* Wake the site in `secs` (or sooner if already armed sooner). */
+static void site_arm(struct dl *d, struct dsite *st, double secs)
+{
+	if (secs < 0.001)
+		secs = 0.001;
+	if (ev_is_active(&st->wake) &&
+	    ev_timer_remaining(d->loop, &st->wake) <= secs)
+		return;
+	ev_timer_stop(d->loop, &st->wake);
+	ev_timer_set(&st->wake, secs, 0);
+	ev_timer_start(d->loop, &st->wake);
+}
+
+static void site_event(struct dl *d, struct dsite *st, const char *event,
+	int code, const char *reply)
+{
+	char extra[512];
+	buf_t r = BUF_INIT;
+	cf_format_rate(site_rate_now(st), &r);
+	snprintf(extra, sizeof extra, "\"connections\":%u,\"rate\":\"%s\","
+		"\"factor\":%.3f,\"suspended_s\":%.0f",
+		site_conn_now(st), buf_cstr(&r), st->adapt.factor,
+		sh_suspended(&st->adapt, now_s(d))
+		? st->adapt.suspended_until - now_s(d) : 0.0);
+	buf_t x = BUF_INIT;
+	buf_adds(&x, extra);
+	if (st->last_rule[0] && strcmp(event, "site_throttled") == 0) {
+		buf_adds(&x, ",\"rule\":");
+		evlog_json_str(&x, st->last_rule);
+	}
+	struct evlog_event ev = { .event = event, .site = st->key, .code = code,
+		.reply = reply, .ms = -1, .extra = buf_cstr(&x) };
+	evlog_emit(d->ev, &ev);
+	log_info("site %s: %s: %u connections, rate %s, factor %.2f%s%s", st->key,
+		event, site_conn_now(st), buf_cstr(&r), st->adapt.factor,
+		reply ? ": " : "", reply ? reply : "");
+	buf_free(&r);
+	buf_free(&x);
+}
+
+/* Put a message back without counting an attempt: due again at until_ms. */
+static void postpone(struct dl *d, struct dmsg *m, uint64_t until_ms,
+	const char *site, const char *why)
+{
+	uint64_t now = wall_ms();
+	uint64_t delay = until_ms > now + 1000 ? until_ms - now : 1000;
+	outcome_ex(d, m, Q_QUEUED, site, NULL, 0, NULL, why, NULL, NULL, -1,
+		false, delay, true, NULL);
+}
+
+static void site_postpone_all(struct dl *d, struct dsite *st,
+	uint64_t until_ms, const char *why)
+{
+	struct dmsg *m;
+	while ((m = site_pop(st)))
+		postpone(d, m, until_ms, st->key, why);
+}
+
+/* Warm-up: today's cap of the site and what was sent today. */
+static void warm_refresh(struct dl *d, struct dsite *st)
+{
+	time_t now = (time_t)(wall_ms() / 1000);
+	int32_t today = sh_day(now);
+	if (!st->warm_loaded) {
+		q_txn *t;
+		char err[256];
+		struct q_warmup w;
+		st->warm_first = today;
+		st->warm_day = today;
+		st->warm_count = 0;
+		if (q_begin(d->q, false, &t, err, sizeof err) == 0) {
+			if (q_warmup_get(t, st->key, &w) == 1) {
+				st->warm_first = w.first_day;
+				if (w.day == today)
+					st->warm_count = w.count;
+			}
+			q_abort(t);
+		} else {
+			log_err("site %s: warm-up record: %s", st->key, err);
+		}
+		st->warm_loaded = true;
+	}
+	if (st->warm_day != today) {
+		st->warm_day = today;
+		st->warm_count = 0;
+		st->warm_full_logged = false;
+	}
+}
+
+static uint32_t warm_cap(struct dl *d, struct dsite *st)
+{
+	if (!st->nwarm)
+		return UINT32_MAX;
+	warm_refresh(d, st);
+	return sh_warmup_cap(st->warm, st->nwarm, st->warm_first, st->warm_day);
+}
+
+/* The site reached today's warm-up cap: what waits goes to tomorrow. */
+static bool warm_full(struct dl *d, struct dsite *st)
+{
+	uint32_t cap = warm_cap(d, st);
+	if (cap == UINT32_MAX || st->warm_count < cap)
+		return false;
+	time_t now = (time_t)(wall_ms() / 1000);
+	char why[400];
+	snprintf(why, sizeof why, "warm-up: site %.200s reached today's cap of "
+		"%u messages (day %d of the schedule); waits for tomorrow",
+		st->key, cap, (int)(st->warm_day - st->warm_first + 1));
+	if (!st->warm_full_logged) {
+		st->warm_full_logged = true;
+		struct evlog_event ev = { .event = "site_warmup_cap",
+			.site = st->key, .reply = why, .ms = -1 };
+		evlog_emit(d->ev, &ev);
+		log_info("%s", why);
+	}
+	site_postpone_all(d, st, (uint64_t)sh_next_day(now) * 1000, why);
+	return true;
+}
+
+/* A reply from the site (any non-2xx): does a backoff rule match? */
+static void site_reply(struct dl *d, struct dsite *st, int code,
+	const char *reply)
+{
+	if (code < 400 || !reply || !*reply)
+		return;
+	const struct cf *cf = d->cf;
+	const struct cf_rule *r = NULL;
+	for (size_t i = 0; !r && i < cf->nrules; i++)
+		if (sh_rule_match(cf->rules[i].pattern, reply))
+			r = &cf->rules[i];
+	if (!r && cf->backoff_builtin) {
+		size_t nb;
+		const struct cf_rule *b = cf_builtin_rules(&nb);
+		for (size_t i = 0; !r && i < nb; i++)
+			if (sh_rule_match(b[i].pattern, reply))
+				r = &b[i];
+	}
+	if (!r)
+		return;
+	double now = now_s(d);
+	if (st->rate_cfg <= 0 && st->adapt.factor >= 1) {
+		/* No rate configured: step down from what it was getting. */
+		double el = now - st->obs_start;
+		double cur = el > 0.5 ? st->obs_n / el : 0;
+		st->adapt_base = cur > st->obs_rate ? cur : st->obs_rate;
+		if (st->adapt_base < 1)
+			st->adapt_base = 1;
+	}
+	bool was_suspended = sh_suspended(&st->adapt, now);
+	int what = sh_adapt_hit(&st->adapt, &d->pol, r->slow_pct,
+		r->suspend_ms / 1000.0, now);
+	if (what & SH_DOWN)
+		site_apply_rate(d, st);
+	if ((what & SH_DOWN) || ((what & SH_SUSPEND) && !was_suspended)) {
+		snprintf(st->last_rule, sizeof st->last_rule, "%s", r->pattern);
+		snprintf(st->last_reply, sizeof st->last_reply, "%s", reply);
+		site_event(d, st, "site_throttled", code, reply);
+	}
+	if (what & SH_SUSPEND) {
+		char why[300];
+		snprintf(why, sizeof why, "site %.200s suspended: %.80s", st->key,
+			reply);
+		site_postpone_all(d, st, wall_ms() + (uint64_t)((st->adapt
+			.suspended_until - now) * 1000), why);
+		for (struct dsess *x = st->sessions; x; x = x->next)
+			if (x->idle)
+				smtp_kick(x->s);   /* it sees the suspension: QUIT */
+	}
+	double next = sh_adapt_next_tick(&st->adapt, &d->pol);
+	if (isfinite(next))
+		site_arm(d, st, next - now);
+}
+
+/* Step back up after a quiet period; returns true when it did. */
+static void site_tick(struct dl *d, struct dsite *st)
+{
+	double now = now_s(d);
+	if (sh_adapt_tick(&st->adapt, &d->pol, now)) {
+		site_apply_rate(d, st);
+		site_event(d, st, st->adapt.factor >= 1 ? "site_recovered"
+			: "site_step_up", 0, NULL);
+	}
+	double next = sh_adapt_next_tick(&st->adapt, &d->pol);
+	if (isfinite(next))
+		site_arm(d, st, next - now);
+}
+
+/* Observed rate, over windows of a few seconds. */
+static void site_count(struct dl *d, struct dsite *st)
+{
+	double now = now_s(d);
+	st->sent++;
+	st->obs_n++;
+	if (now - st->obs_start >= 5) {
+		st->obs_rate = st->obs_n / (now - st->obs_start);
+		st->obs_start = now;
+		st->obs_n = 0;
+	}
 }
 
 static void defer_all(struct dl *d, struct ddom *dom, bool permanent,
 	const char *why, const char *category)
 {
-	struct dmsg *m;
-	while ((m = dom->head)) {
-		dom->head = m->next;
-		dom->nq--;
-		if (dom->site && dom->in_ring)
-			dom->site->queued--;
+	size_t n = dom->nq;
+	struct dmsg *m = dom_take(dom, 0);
+	if (dom->site && dom->in_ring)
+		dom->site->queued -= n;
+	while (m) {
+		struct dmsg *next = m->next;
 		outcome(d, m, permanent ? Q_BOUNCED : Q_QUEUED, NULL, NULL, 0, NULL,
 			why, permanent ? category : NULL, NULL, -1, false);
+		m = next;
 	}
-	dom->tail = &dom->head;
 }
 
 /* Site key for a resolved domain: a [site] whose mx pattern matches one of
@@ -476,7 +878,7 @@ by_dns:
 static void dom_ready(struct dl *d, struct ddom *dom)
 {
 	struct dsite *st = dom->site;
-	if (!dom->head)
+	if (!dom->nq)
 		return;
 	if (!dom->in_ring) {
 		ring_add(st, dom);
@@ -614,14 +1016,10 @@ static void enqueue(struct dl *d, struct dmsg *m)
 		dom = mem_calloc(1, sizeof *dom);
 		dom->d = d;
 		dom->name = mem_strdup(name);
-		dom->tail = &dom->head;
 		ht_put(&d->domains, name, dom);
 	}
 	m->dom = dom;
-	m->next = NULL;
-	*dom->tail = m;
-	dom->tail = &m->next;
-	dom->nq++;
+	dom_push(dom, m);
 	if ((dom->st == D_OK || dom->st == D_ERR) && now_s(d) >= dom->expires)
 		dom->st = D_NEW;        /* the cached answer expired */
 	switch (dom->st) {
@@ -671,7 +1069,32 @@ static enum smtp_next sess_next(void *owner, struct smtp_session *s,
 	(void)s;
 	if (d->draining)
 		return SMTP_NEXT_QUIT;
+	/* Stepped down or suspended: sessions beyond the limit end. */
+	if (!x->quitting && (sh_suspended(&st->adapt, now_s(d)) ||
+	    st->nsess - st->nquitting > site_conn_now(st))) {
+		x->quitting = true;
+		st->nquitting++;
+	}
+	if (x->quitting)
+		return SMTP_NEXT_QUIT;
+	struct dsource *src = x->src >= 0 ? &d->src[x->src] : NULL;
 	for (;;) {
+		if (!st->queued || warm_full(d, st)) {
+			x->idle = true;
+			return SMTP_NEXT_WAIT;
+		}
+		/* Rate: a token of the site and of the source address. */
+		double w = sh_bucket_wait(&st->bucket, now_s(d));
+		if (src) {
+			double ws = sh_bucket_wait(&src->bucket, now_s(d));
+			if (ws > w)
+				w = ws;
+		}
+		if (w > 0) {
+			x->idle = true;
+			site_arm(d, st, w);
+			return SMTP_NEXT_WAIT;
+		}
 		struct dmsg *m = site_pop(st);
 		if (!m) {
 			x->idle = true;
@@ -685,6 +1108,17 @@ static enum smtp_next sess_next(void *owner, struct smtp_session *s,
 			continue;
 		}
 		x->idle = false;
+		sh_bucket_take(&st->bucket, now_s(d));
+		if (src) {
+			sh_bucket_take(&src->bucket, now_s(d));
+			src->sent++;
+		}
+		site_count(d, st);
+		if (st->nwarm) {
+			st->warm_count++;
+			m->warm = true;
+			m->warm_day = st->warm_day;
+		}
 		m->next = x->handed;
 		x->handed = m;
 		memset(out, 0, sizeof *out);
@@ -739,6 +1173,8 @@ static void sess_done(void *owner, struct smtp_session *s,
 	outcome(d, m, kind, x->site->key, mx, r->code, r->enhanced, r->reply,
 		cat, tls[0] ? tls : NULL, r->ms,
 		r->kind == SMTP_BOUNCED && r->cat == SMTP_CAT_BAD_MAILBOX);
+	if (r->kind != SMTP_DELIVERED)
+		site_reply(d, x->site, r->code, r->reply);
 }
 
 static void sess_ended(void *owner, struct smtp_session *s,
@@ -766,6 +1202,12 @@ static void sess_ended(void *owner, struct smtp_session *s,
 		}
 	st->nsess--;
 	d->nsess--;
+	if (x->quitting)
+		st->nquitting--;
+	if (x->src >= 0)
+		d->src[x->src].nsess--;
+	if (!d->draining)
+		site_reply(d, st, e->code, e->reply);
 	if (e->try_next_mx && x->host < st->nhosts) {
 		st->hosts[x->host].down_until = now_s(d) + HOST_DOWN_SECS;
 		log_info("site %s: %s unusable for %.0f s: %s", st->key,
@@ -810,30 +1252,90 @@ static int pick_host(struct dl *d, struct dsite *st)
 	return -1;
 }
 
+/* A source address for a new session to addr's family: the least busy
+ * under its connection limit. -2 = none free, -1 = no pool for the family. */
+static int pick_source(struct dl *d, const struct sockaddr_storage *addr)
+{
+	int best = -1;
+	bool any = false;
+	for (size_t k = 0; k < d->nsrc; k++) {
+		size_t i = (d->src_rr + k) % d->nsrc;
+		struct dsource *s = &d->src[i];
+		if (s->addr.ss_family != addr->ss_family)
+			continue;
+		any = true;
+		if (d->cf->source_max_connections &&
+		    s->nsess >= d->cf->source_max_connections)
+			continue;
+		if (best < 0 || s->nsess < d->src[best].nsess)
+			best = (int)i;
+	}
+	if (best >= 0)
+		d->src_rr = (size_t)best + 1;
+	return best >= 0 ? best : any ? -2 : -1;
+}
+
 static void site_kick(struct dl *d, struct dsite *st)
 {
+	double now = now_s(d);
+	site_tick(d, st);
+	if (!st->queued)
+		return;
+	if (sh_suspended(&st->adapt, now)) {
+		char why[300];
+		snprintf(why, sizeof why, "site %.200s suspended: %.80s", st->key,
+			st->last_reply);
+		site_postpone_all(d, st, wall_ms() + (uint64_t)((st->adapt
+			.suspended_until - now) * 1000), why);
+		return;
+	}
+	if (warm_full(d, st))
+		return;
 	/* Idle sessions first. */
 	for (struct dsess *x = st->sessions; x && st->queued; x = x->next)
-		if (x->idle) {
+		if (x->idle && !x->quitting) {
 			x->idle = false;
 			smtp_kick(x->s);
 		}
-	while (!d->draining && st->queued > 0 && st->nsess < st->max_conn &&
-	    d->nsess < d->cf->max_connections && now_s(d) >= st->backoff_until) {
-		/* Do not open more sessions than there are messages waiting. */
+	while (!d->draining && st->queued > 0 && st->nsess - st->nquitting <
+	    site_conn_now(st) && d->nsess < d->cf->max_connections &&
+	    now >= st->backoff_until) {
+		/* Do not open more sessions than there are messages waiting,
+		 * nor while the rate has no token to give them. */
 		if (st->nsess > 0 && st->nsess >= st->queued)
 			break;
+		double w = sh_bucket_wait(&st->bucket, now);
+		if (w > 0) {
+			site_arm(d, st, w);
+			break;
+		}
 		int h = pick_host(d, st);
 		if (h < 0)
 			break;
+		int src = pick_source(d, &st->hosts[h].addr);
+		if (src == -2) {
+			/* every source address of the family is at its limit: a
+			 * session ending elsewhere kicks this site again */
+			site_arm(d, st, 1.0);
+			break;
+		}
+		if (!sh_bucket_take(&st->conn_bucket, now)) {
+			site_arm(d, st, sh_bucket_wait(&st->conn_bucket, now));
+			break;
+		}
 		struct dsess *x = mem_calloc(1, sizeof *x);
 		x->d = d;
 		x->site = st;
 		x->host = (size_t)h;
+		x->src = src;
 		struct smtp_params p;
 		memset(&p, 0, sizeof p);
 		p.addr = (const struct sockaddr *)&st->hosts[h].addr;
 		p.addrlen = st->hosts[h].len;
+		if (src >= 0) {
+			p.source = (const struct sockaddr *)&d->src[src].addr;
+			p.sourcelen = d->src[src].len;
+		}
 		p.mx_host = st->hosts[h].name;
 		p.site = st->key;
 		p.helo_name = d->cf->helo_name && *d->cf->helo_name
@@ -854,23 +1356,34 @@ static void site_kick(struct dl *d, struct dsite *st)
 		st->sessions = x;
 		st->nsess++;
 		d->nsess++;
+		if (src >= 0)
+			d->src[src].nsess++;
 		x->s = smtp_open(d->loop, &p, &sess_ops, x, ++d->sess_ids);
 		if (!x->s) {
 			/* could not even create a socket: treat as host down */
 			st->sessions = x->next;
 			st->nsess--;
 			d->nsess--;
-			st->hosts[h].down_until = now_s(d) + HOST_DOWN_SECS;
+			if (src >= 0)
+				d->src[src].nsess--;
+			st->hosts[h].down_until = now + HOST_DOWN_SECS;
+			log_warn("site %s: cannot open a connection to %s: %s",
+				st->key, st->hosts[h].name, strerror(errno));
 			free(x);
 			continue;
 		}
 	}
-	if (st->queued && now_s(d) < st->backoff_until &&
-	    !ev_is_active(&d->site_timer)) {
-		ev_timer_set(&d->site_timer, st->backoff_until - now_s(d) + 0.01,
-			0);
-		ev_timer_start(d->loop, &d->site_timer);
-	}
+	if (st->queued && now < st->backoff_until)
+		site_arm(d, st, st->backoff_until - now + 0.01);
+}
+
+static void site_wake_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct dsite *st = w->data;
+	(void)loop;
+	(void)revents;
+	if (!st->d->draining)
+		site_kick(st->d, st);
 }
 
 /* ---- WhatsApp ---- */
@@ -994,6 +1507,27 @@ static void wa_send_claimed(struct dl *d, struct dmsg *m)
 
 /* ---- pulling from the queue ---- */
 
+/* A site held to a rate needs only so many messages in memory: the rest
+ * stay due in the queue, so a slow site cannot fill `max_active` and
+ * starve the others. */
+static bool site_has_enough(struct dl *d, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+	char name[256];
+	size_t i = 0;
+	for (const char *p = at ? at + 1 : ""; *p && i < sizeof name - 1; p++)
+		name[i++] = (char)tolower((unsigned char)*p);
+	name[i] = 0;
+	struct ddom *dom = ht_get(&d->domains, name);
+	if (!dom || dom->st != D_OK || !dom->site)
+		return false;
+	double r = site_rate_now(dom->site);
+	if (r <= 0)
+		return false;
+	double enough = r * 20 > 500 ? r * 20 : 500;
+	return (double)dom->site->queued >= enough;
+}
+
 struct pull_ctx {
 	struct dl *d;
 	struct dcamp *c;
@@ -1033,6 +1567,8 @@ static int pull_cb(void *arg, const struct q_due *due)
 		wa_claim(d, m);
 		return 0;
 	}
+	if (site_has_enough(d, qm.rcpt))
+		return 0;   /* stays due: its rate-limited site has plenty waiting */
 	struct dmsg *m = mem_calloc(1, sizeof *m);
 	m->id = id;
 	m->due = *due;
@@ -1107,28 +1643,6 @@ static void pull_cb_timer(struct ev_loop *loop, ev_timer *w, int revents)
 	pull(d);
 }
 
-static void site_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct dl *d = w->data;
-	size_t pos = 0;
-	const char *k;
-	void *v;
-	(void)loop;
-	(void)revents;
-	double next = 0;
-	while (ht_next(&d->sites, &pos, &k, &v)) {
-		struct dsite *st = v;
-		if (st->queued && now_s(d) >= st->backoff_until)
-			site_kick(d, st);
-		else if (st->queued && (next == 0 || st->backoff_until < next))
-			next = st->backoff_until;
-	}
-	if (next > 0) {
-		ev_timer_set(w, next - now_s(d) + 0.01, 0);
-		ev_timer_start(d->loop, w);
-	}
-}
-
 /* ---- public ---- */
 
 /* The access token: the first line of token_file, never logged. */
@@ -1172,15 +1686,64 @@ static int wa_start(struct dl *d, const struct cf *cf, char *err,
 	return d->wa ? 0 : -1;
 }
 
+static void set_policy(struct dl *d, const struct cf *cf)
+{
+	d->pol.quiet = cf->backoff_quiet_ms / 1000.0;
+	d->pol.cooldown = cf->backoff_cooldown_ms / 1000.0;
+	d->pol.step_up = cf->backoff_step_up_pct / 100.0;
+	d->pol.floor = cf->backoff_floor_pct / 100.0;
+}
+
+static void set_source_rates(struct dl *d, const struct cf *cf)
+{
+	for (size_t i = 0; i < d->nsrc; i++)
+		sh_bucket_set(&d->src[i].bucket, cf->source_rate,
+			sh_default_burst(cf->source_rate), now_s(d));
+}
+
+static int make_sources(struct dl *d, const struct cf *cf, char *err,
+	size_t errlen)
+{
+	d->src = mem_calloc(cf->nsources ? cf->nsources : 1, sizeof *d->src);
+	for (size_t i = 0; i < cf->nsources; i++) {
+		struct dsource *x = &d->src[i];
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&x->addr;
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&x->addr;
+		snprintf(x->name, sizeof x->name, "%s", cf->sources[i]);
+		if (inet_pton(AF_INET, cf->sources[i], &a4->sin_addr) == 1) {
+			a4->sin_family = AF_INET;
+			x->len = sizeof *a4;
+		} else if (inet_pton(AF_INET6, cf->sources[i], &a6->sin6_addr) == 1) {
+			a6->sin6_family = AF_INET6;
+			x->len = sizeof *a6;
+		} else {
+			snprintf(err, errlen, "[smtp] source: \"%s\" is not an IP "
+				"address", cf->sources[i]);
+			return -1;
+		}
+		sh_bucket_init(&x->bucket, cf->source_rate,
+			sh_default_burst(cf->source_rate), now_s(d));
+	}
+	d->nsrc = cf->nsources;
+	return 0;
+}
+
 dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
-	const struct rd_env *env, char *err, size_t errlen)
+	evlog *ev, const struct rd_env *env, char *err, size_t errlen)
 {
 	struct dl *d = mem_calloc(1, sizeof *d);
 	d->loop = loop;
 	d->cf = cf;
 	d->q = q;
 	d->cm = c;
+	d->ev = ev;
 	d->env = *env;
+	set_policy(d, cf);
+	if (make_sources(d, cf, err, errlen) < 0) {
+		free(d->src);
+		free(d);
+		return NULL;
+	}
 	struct dns_config dc;
 	memset(&dc, 0, sizeof dc);
 	dc.servers = cf->dns_servers && *cf->dns_servers ? cf->dns_servers
@@ -1188,6 +1751,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	dc.timeout = cf->dns_timeout_ms / 1000.0;
 	dc.tries = cf->dns_tries;
 	if (!(d->dns = dns_new(loop, &dc, err, errlen))) {
+		free(d->src);
 		free(d);
 		return NULL;
 	}
@@ -1196,6 +1760,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	tc.ca_file = cf->ca_file && *cf->ca_file ? cf->ca_file : NULL;
 	if (!(d->tls = tls_client_new(&tc, err, errlen))) {
 		dns_free(d->dns);
+		free(d->src);
 		free(d);
 		return NULL;
 	}
@@ -1203,6 +1768,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	    wa_start(d, cf, err, errlen) < 0) {
 		tls_client_free(d->tls);
 		dns_free(d->dns);
+		free(d->src);
 		free(d);
 		return NULL;
 	}
@@ -1213,8 +1779,6 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	ev_unref(loop);
 	ev_timer_init(&d->soon, pull_cb_timer, 0.0, 0.0);
 	d->soon.data = d;
-	ev_timer_init(&d->site_timer, site_timer_cb, 1.0, 0.0);
-	d->site_timer.data = d;
 	return d;
 }
 
@@ -1242,24 +1806,16 @@ static void drop_waiting(struct dl *d, uint32_t cid)
 	void *v;
 	while (ht_next(&d->domains, &pos, &k, &v)) {
 		struct ddom *dom = v;
-		struct dmsg **pp = &dom->head;
-		size_t dropped = 0;
-		while (*pp) {
-			struct dmsg *m = *pp;
-			if (m->due.cid != cid) {
-				pp = &m->next;
-				continue;
-			}
-			*pp = m->next;
+		size_t before = dom->nq;
+		struct dmsg *m = dom_take(dom, cid);
+		size_t dropped = before - dom->nq;
+		while (m) {
+			struct dmsg *next = m->next;
 			ht_set_del(&d->inflight, m->id);
 			d->active--;
 			dmsg_free(m);
-			dropped++;
+			m = next;
 		}
-		dom->tail = &dom->head;
-		while (*dom->tail)
-			dom->tail = &(*dom->tail)->next;
-		dom->nq -= dropped;
 		if (dom->in_ring && dom->site)
 			dom->site->queued -= dropped;
 	}
@@ -1324,15 +1880,14 @@ void dl_drain(dl *d)
 	pos = 0;
 	while (ht_next(&d->domains, &pos, &k, &v)) {
 		struct ddom *dom = v;
-		struct dmsg *m;
-		while ((m = dom->head)) {
-			dom->head = m->next;
+		struct dmsg *m = dom_take(dom, 0);
+		while (m) {
+			struct dmsg *next = m->next;
 			ht_set_del(&d->inflight, m->id);
 			d->active--;
 			dmsg_free(m);
+			m = next;
 		}
-		dom->tail = &dom->head;
-		dom->nq = 0;
 		if (dom->dns_req) {
 			dns_cancel(d->dns, dom->dns_req);
 			dom->dns_req = 0;
@@ -1383,12 +1938,52 @@ json_t *dl_status(dl *d, bool sites)
 		    json_array_size(doms) < 20)
 			if (((struct ddom *)dv)->site == st)
 				json_array_append_new(doms, json_string(dk));
-		json_array_append_new(arr, json_pack("{sssosIsIsIsIss}", "site",
+		double now = now_s(d);
+		char state[400];
+		if (sh_suspended(&st->adapt, now))
+			snprintf(state, sizeof state, "suspended for %.0f s: %s",
+				st->adapt.suspended_until - now, st->last_reply);
+		else if (now < st->backoff_until)
+			snprintf(state, sizeof state, "backoff: no MX host reachable");
+		else if (st->nwarm && warm_cap(d, st) != UINT32_MAX &&
+		    st->warm_count >= warm_cap(d, st))
+			snprintf(state, sizeof state, "warm-up cap reached");
+		else if (st->adapt.factor < 1)
+			snprintf(state, sizeof state, "throttled: %s", st->last_reply);
+		else
+			snprintf(state, sizeof state, "active");
+		buf_t rate = BUF_INIT, rcfg = BUF_INIT;
+		cf_format_rate(site_rate_now(st), &rate);
+		cf_format_rate(st->rate_cfg, &rcfg);
+		json_t *o = json_pack("{sssosIsIsIsIsIsssssfsfsIsIss}", "site",
 			st->key, "domains", doms, "connections",
 			(json_int_t)st->nsess, "max_connections",
+			(json_int_t)site_conn_now(st), "configured_connections",
 			(json_int_t)st->max_conn, "queued", (json_int_t)st->queued,
-			"hosts", (json_int_t)st->nhosts, "state",
-			now_s(d) < st->backoff_until ? "backoff" : "active"));
+			"hosts", (json_int_t)st->nhosts, "rate", buf_cstr(&rate),
+			"configured_rate", buf_cstr(&rcfg), "factor", st->adapt.factor,
+			"observed_rate", st->obs_rate, "sent", (json_int_t)st->sent,
+			"throttling_replies", (json_int_t)st->adapt.matches,
+			"state", state);
+		buf_free(&rate);
+		buf_free(&rcfg);
+		if (st->nwarm) {
+			uint32_t cap = warm_cap(d, st);
+			json_object_set_new(o, "warmup", json_pack("{sIsIsI}", "day",
+				(json_int_t)(st->warm_day - st->warm_first + 1), "cap",
+				cap == UINT32_MAX ? (json_int_t)-1 : (json_int_t)cap,
+				"sent_today", (json_int_t)st->warm_count));
+		}
+		json_array_append_new(arr, o);
+	}
+	if (d->nsrc) {
+		json_t *srcs = json_array();
+		for (size_t i = 0; i < d->nsrc; i++)
+			json_array_append_new(srcs, json_pack("{sssIsI}", "address",
+				d->src[i].name, "connections",
+				(json_int_t)d->src[i].nsess, "sent",
+				(json_int_t)d->src[i].sent));
+		json_object_set_new(j, "sources", srcs);
 	}
 	json_object_set_new(j, "sites", arr);
 	return j;
@@ -1411,11 +2006,20 @@ void dl_reconfigure(dl *d, const struct cf *cf)
 		}
 		explicit_bzero(tok, sizeof tok);
 	}
+	set_policy(d, cf);
+	bool same = cf->nsources == d->nsrc;
+	for (size_t i = 0; same && i < d->nsrc; i++)
+		same = strcmp(cf->sources[i], d->src[i].name) == 0;
+	if (!same)
+		log_warn("reload: [smtp] source changes apply after a restart");
+	set_source_rates(d, cf);
 	size_t pos = 0;
 	const char *k;
 	void *v;
-	while (ht_next(&d->sites, &pos, &k, &v))
-		site_limits(d, v, NULL);
+	while (ht_next(&d->sites, &pos, &k, &v)) {
+		site_limits(d, v, ((struct dsite *)v)->domain);
+		site_kick(d, v);
+	}
 	ev_timer_start(d->loop, &d->soon);
 }
 
@@ -1440,10 +2044,10 @@ void dl_free(dl *d)
 	ev_ref(d->loop);
 	ev_timer_stop(d->loop, &d->pull_timer);
 	ev_timer_stop(d->loop, &d->soon);
-	ev_timer_stop(d->loop, &d->site_timer);
 	pos = 0;
 	while (ht_next(&d->domains, &pos, &k, &v)) {
 		struct ddom *dom = v;
+		free(dom->q);
 		free(dom->name);
 		free(dom);
 	}
@@ -1451,6 +2055,8 @@ void dl_free(dl *d)
 	pos = 0;
 	while (ht_next(&d->sites, &pos, &k, &v)) {
 		struct dsite *st = v;
+		ev_timer_stop(d->loop, &st->wake);
+		free(st->domain);
 		free(st->key);
 		free(st->hosts);
 		free(st);
@@ -1463,6 +2069,7 @@ void dl_free(dl *d)
 		d->camps = c;
 	}
 	ht_set_free(&d->inflight);
+	free(d->src);
 	wa_free(d->wa);
 	dns_free(d->dns);
 	tls_client_free(d->tls);

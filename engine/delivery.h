@@ -36,7 +36,7 @@
 typedef struct dl dl;
 
 dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
-	const struct rd_env *env, char *err, size_t errlen);
+	evlog *ev, const struct rd_env *env, char *err, size_t errlen);
 void dl_free(dl *d);
 
 void dl_campaign(dl *d, struct camp *c, bool paused);

@@ -280,6 +280,20 @@ static struct job *claim(rd_pool *p, uint32_t *from, uint32_t *end)
 	struct job *j = start;
 	if (!j)
 		return NULL;
+	/* Transactional campaigns (welcome, abandoned cart) first. */
+	for (struct job *t = p->jobs; t; t = t->next_job) {
+		uint64_t out = t->rendered > t->final ? t->rendered - t->final : 0;
+		uint64_t claimed = (uint64_t)t->busy * p->batch;
+		if (t->camp->priority == CAMP_TRANSACTIONAL && !t->paused &&
+		    !t->removed && t->next < t->total && out + claimed < p->ahead) {
+			*from = t->next;
+			uint64_t e = (uint64_t)t->next + p->batch;
+			*end = e > t->total ? t->total : (uint32_t)e;
+			t->next = *end;
+			t->busy++;
+			return t;
+		}
+	}
 	do {
 		uint64_t out = j->rendered > j->final ? j->rendered - j->final : 0;
 		uint64_t claimed = (uint64_t)j->busy * p->batch;

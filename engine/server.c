@@ -1525,7 +1525,7 @@ int srv_run(struct cf *cf)
 	if (!(s->rd = rd_new(s->q, s->ev, s->loop, threads, 512,
 	    cf->render_ahead, &s->env, &rops, s, err, sizeof err)))
 		goto fail;
-	if (!(s->dl = dl_new(s->loop, cf, s->q, s->cm, &s->env, err,
+	if (!(s->dl = dl_new(s->loop, cf, s->q, s->cm, s->ev, &s->env, err,
 	    sizeof err)))
 		goto fail;
 	ev_async_init(&s->intake_wake, intake_wake_cb);

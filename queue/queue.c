@@ -26,10 +26,10 @@
 #include "engine/mem.h"
 
 enum { T_META, T_CAMPAIGNS, T_COUNTERS, T_CONTACTS, T_MSGS, T_BODIES, T_DUE,
-	T_SUPPRESS, T_COUNT };
+	T_SUPPRESS, T_WARMUP, T_COUNT };
 static const char *const table_names[T_COUNT] = {
 	"meta", "campaigns", "counters", "contacts", "msgs", "bodies", "due",
-	"suppress",
+	"suppress", "warmup",
 };
 
 #define Q_VERSION 1
@@ -882,6 +882,52 @@ int q_stat(q_env *q, struct q_stat *out, char *err, size_t errlen)
 			out->entries[i] = st.ms_entries;
 	q_abort(t);
 	return 0;
+}
+
+/* ---- warm-up ---- */
+
+/* Value: first_day, day, count as three big-endian 32-bit words. */
+int q_warmup_get(q_txn *t, const char *site, struct q_warmup *w)
+{
+	const void *v;
+	size_t len;
+	size_t kl = strlen(site);
+	memset(w, 0, sizeof *w);
+	if (kl == 0 || kl > 500)
+		return 0;
+	int rc = get(t, T_WARMUP, site, kl, &v, &len);
+	if (rc != 1 || len != 12)
+		return 0;
+	w->first_day = (int32_t)rd32(v);
+	w->day = (int32_t)rd32((const unsigned char *)v + 4);
+	w->count = rd32((const unsigned char *)v + 8);
+	return 1;
+}
+
+int q_warmup_add(q_txn *t, const char *site, int32_t day, uint32_t n,
+	char *err, size_t errlen)
+{
+	struct q_warmup w;
+	size_t kl = strlen(site);
+	if (kl == 0 || kl > 500) {
+		snprintf(err, errlen, "queue: warm-up site name of %zu bytes", kl);
+		return -1;
+	}
+	if (!q_warmup_get(t, site, &w)) {
+		w.first_day = day;
+		w.day = day;
+		w.count = 0;
+	}
+	if (w.day != day) {
+		w.day = day;
+		w.count = 0;
+	}
+	w.count += n;
+	unsigned char v[12];
+	be32(v, (uint32_t)w.first_day);
+	be32(v + 4, (uint32_t)w.day);
+	be32(v + 8, w.count);
+	return put(t, T_WARMUP, site, kl, v, sizeof v, err, errlen);
 }
 
 const char *q_table_name(unsigned i)

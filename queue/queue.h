@@ -15,6 +15,8 @@
  *              entry; picking the next due message of a campaign is one
  *              B-tree seek, O(log n).
  *   suppress   address -> JSON {reason, ts, campaign}
+ *   warmup     site -> first day, day, messages sent that day (warm-up
+ *              caps survive a restart)
  *   meta       "version", "next_cid"
  *
  * A message id is cid << 32 | idx: deterministic, so re-rendering a contact
@@ -210,11 +212,24 @@ int q_suppress_each(q_txn *t,
 	int (*cb)(void *arg, const char *addr, const char *json, size_t len),
 	void *arg, char *err, size_t errlen);
 
+/* ---- warm-up: messages sent per site on its current day ---- */
+struct q_warmup {
+	int32_t first_day;        /* local day the site's warm-up started */
+	int32_t day;              /* the day `count` is for */
+	uint32_t count;
+};
+/* 1 and *w filled, or 0 when the site has no record yet. */
+int q_warmup_get(q_txn *t, const char *site, struct q_warmup *w);
+/* Count n messages for site on `day` (a new day restarts the count; the
+ * first call starts the schedule on that day). */
+int q_warmup_add(q_txn *t, const char *site, int32_t day, uint32_t n,
+	char *err, size_t errlen);
+
 /* ---- statistics ---- */
 struct q_stat {
 	uint64_t map_size;
 	uint64_t used_bytes;      /* last page used * page size */
-	uint64_t entries[8];      /* per table, in the order of q_table_name */
+	uint64_t entries[16];     /* per table, in the order of q_table_name */
 };
 int q_stat(q_env *q, struct q_stat *out, char *err, size_t errlen);
 const char *q_table_name(unsigned i);

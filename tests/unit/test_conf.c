@@ -121,7 +121,16 @@ static const struct bad_case bad_cases[] = {
 	  "F:2: [route] example.com: \"nowhere\" is not HOST:PORT" },
 	{ "[route]\nbad domain = a:1\n", "F:2: [route] \"bad domain\" is not a domain" },
 	{ "[site]\nmx = x\n", "F:1: [site] needs a name" },
-	{ "[site g]\nrate = 1\n", "F:2: unknown key \"rate\" in [site g]" },
+	{ "[site g]\nspeed = 1\n", "F:2: unknown key \"speed\" in [site g]" },
+	{ "[site g]\nrate = 1\n", "F:2: [site g] rate: \"1\" is not a rate" },
+	{ "[smtp]\nsite_rate = 10/week\n", "F:2: [smtp] site_rate: \"10/week\" is not a rate" },
+	{ "[smtp]\nwarmup = 500, lots\n", "F:2: [smtp] warmup: \"lots\" is not a daily cap" },
+	{ "[smtp]\nsource = 127.0.0.1, mail.example\n",
+	  "F:2: [smtp] source: \"mail.example\" is not an IPv4 or IPv6 address" },
+	{ "[backoff]\nrule = 421 *\n", "F:2: [backoff] rule: \"421 *\": want PATTERN ->" },
+	{ "[backoff]\nrule = 421 * -> slow 150%\n", "F:2: [backoff] rule: action \" slow 150%\"" },
+	{ "[backoff]\nrule = 421 * -> nap 5m\n", "F:2: [backoff] rule: action \" nap 5m\"" },
+	{ "[backoff]\nbuiltin_rules = maybe\n", "F:2: [backoff] builtin_rules: \"maybe\" is not yes or no" },
 	{ "[domain a.com]\nmx = x\n", "F:2: \"mx\" belongs in a [site] section" },
 	{ "[engine]\nthis is not ini\n", "F:2: syntax error" },
 	{ "spool = x\n", "F:1: \"spool\" is outside any [section]" },
@@ -263,6 +272,9 @@ test_show_roundtrip(void **state)
 	char err[512];
 	assert_int_equal(load_text(&c,
 	    "[route]\n* = [::1]:2525\n[site g]\nmx = *.g.com\nmax_connections = 3\n"
+	    "rate = 500/min\nconnection_rate = 2/s\nwarmup = 5, 10\n"
+	    "[smtp]\nsource = 127.0.0.2, ::1\nsite_rate = 7/h\nwarmup = 100\n"
+	    "[backoff]\nrule = 421 * -> slow 50%, suspend 90s\nbuiltin_rules = no\n"
 	    "[retry]\nschedule = 90s,2h\n", err, sizeof err), 0);
 	buf_t b = BUF_INIT;
 	cf_show(&c, &b);
@@ -275,6 +287,72 @@ test_show_roundtrip(void **state)
 	buf_free(&b2);
 	cf_free(&c);
 	cf_free(&c2);
+}
+
+static void
+test_shaping_keys(void **state)
+{
+	(void)state;
+	struct cf c;
+	char err[512];
+	assert_int_equal(load_text(&c,
+	    "[smtp]\nsite_rate = 120/min\nsite_connection_rate = 3/s\n"
+	    "warmup = 500, 1000,\n  2500\nsource = 127.0.0.2, 127.0.0.3\n"
+	    "source_max_connections = 4\nsource_rate = 36000/h\n"
+	    "[backoff]\nquiet = 30s\nrule = 4?? *limite* -> slow 25%, suspend 30m\n"
+	    "rule = *bloqueado* -> suspend 1h\n"
+	    "[site uol]\nmx = *.uol.com.br\nrate = 20/s\nrate_burst = 40\nwarmup = none\n"
+	    "[domain terra.com.br]\nconnection_rate = 10/min\n", err, sizeof err), 0);
+	assert_true(c.site_rate > 1.999 && c.site_rate < 2.001);
+	assert_true(c.site_connection_rate > 2.999 && c.site_connection_rate < 3.001);
+	assert_int_equal(c.warmup.n, 3);
+	assert_int_equal(c.warmup.days[2], 2500);
+	assert_int_equal(c.nsources, 2);
+	assert_string_equal(c.sources[1], "127.0.0.3");
+	assert_int_equal(c.source_max_connections, 4);
+	assert_true(c.source_rate > 9.999 && c.source_rate < 10.001);
+	assert_int_equal(c.backoff_quiet_ms, 30000);
+	assert_true(c.backoff_builtin);
+	assert_int_equal(c.nrules, 2);
+	assert_string_equal(c.rules[0].pattern, "4?? *limite*");
+	assert_int_equal(c.rules[0].slow_pct, 25);
+	assert_int_equal(c.rules[0].suspend_ms, 1800000);
+	assert_int_equal(c.rules[1].slow_pct, 0);
+	assert_int_equal(c.rules[1].suspend_ms, 3600000);
+	assert_int_equal(c.nsites, 2);
+	assert_true(c.sites[0].rate > 19.999 && c.sites[0].rate < 20.001);
+	assert_int_equal(c.sites[0].rate_burst, 40);
+	assert_true(c.sites[0].warmup.set);
+	assert_int_equal(c.sites[0].warmup.n, 0);
+	assert_true(c.sites[0].connection_rate < 0);       /* not set */
+	assert_true(c.sites[1].rate < 0);
+	assert_true(c.sites[1].connection_rate > 0.1666 &&
+	    c.sites[1].connection_rate < 0.1667);
+	cf_free(&c);
+
+	double r;
+	assert_int_equal(cf_parse_rate("0", &r), 0);
+	assert_true(r == 0);
+	assert_int_equal(cf_parse_rate("1.5/s", &r), 0);
+	assert_int_equal(cf_parse_rate("/s", &r), -1);
+	assert_int_equal(cf_parse_rate("-1/s", &r), -1);
+	assert_int_equal(cf_parse_rate("0/s", &r), -1);
+	assert_int_equal(cf_parse_rate("10", &r), -1);
+	buf_t b = BUF_INIT;
+	cf_format_rate(2.0 / 60, &b);
+	assert_string_equal(buf_cstr(&b), "2/min");
+	buf_reset(&b);
+	cf_format_rate(0.5, &b);
+	assert_string_equal(buf_cstr(&b), "30/min");
+	buf_reset(&b);
+	cf_format_rate(100, &b);
+	assert_string_equal(buf_cstr(&b), "100/s");
+	buf_free(&b);
+	size_t nb;
+	const struct cf_rule *bi = cf_builtin_rules(&nb);
+	assert_true(nb >= 8);
+	for (size_t i = 0; i < nb; i++)
+		assert_true(bi[i].slow_pct || bi[i].suspend_ms);
 }
 
 static void
@@ -328,6 +406,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_sample_matches_defaults),
 		cmocka_unit_test(test_show_roundtrip),
 		cmocka_unit_test(test_overrides),
+		cmocka_unit_test(test_shaping_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

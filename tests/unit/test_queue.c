@@ -330,6 +330,36 @@ static void test_suppress(void **state)
 	q_close(q);
 }
 
+/* Warm-up counts survive a reopen; a new day restarts the count but not
+ * the schedule. */
+static void test_warmup(void **state)
+{
+	(void)state;
+	q_env *q = open_env(1 << 24);
+	q_txn *t = wtxn(q);
+	struct q_warmup w;
+	assert_int_equal(q_warmup_get(t, "gmail", &w), 0);
+	assert_int_equal(q_warmup_add(t, "gmail", 20400, 300, err, sizeof err), 0);
+	assert_int_equal(q_warmup_add(t, "gmail", 20400, 200, err, sizeof err), 0);
+	assert_int_equal(q_warmup_add(t, "", 20400, 1, err, sizeof err), -1);
+	assert_int_equal(q_commit(t, err, sizeof err), 0);
+	q_close(q);
+	q = open_env(1 << 24);
+	t = wtxn(q);
+	assert_int_equal(q_warmup_get(t, "gmail", &w), 1);
+	assert_int_equal(w.first_day, 20400);
+	assert_int_equal(w.day, 20400);
+	assert_int_equal(w.count, 500);
+	assert_int_equal(q_warmup_add(t, "gmail", 20401, 7, err, sizeof err), 0);
+	assert_int_equal(q_warmup_get(t, "gmail", &w), 1);
+	assert_int_equal(w.first_day, 20400);
+	assert_int_equal(w.day, 20401);
+	assert_int_equal(w.count, 7);
+	assert_int_equal(q_warmup_get(t, "outlook", &w), 0);
+	q_abort(t);
+	q_close(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -340,6 +370,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_contacts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_grows, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_suppress, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_warmup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_forget_delivered, setup,
 			teardown),
 	};
