@@ -64,6 +64,7 @@ struct opts {
 	unsigned greet;             /* banner code, 0 = 220 */
 	enum stage fail_stage;
 	unsigned fail_code;
+	unsigned fail_count;        /* only the first N times (0 = always) */
 	unsigned after;             /* messages per connection, 0 = no limit */
 	unsigned delay_ms;
 	int split;
@@ -97,6 +98,16 @@ struct listener {
 	size_t ndom, domcap;        /* open addressing, domcap power of 2 */
 	uint32_t *hist;             /* per-second counts since sink start */
 	size_t histcap;
+	uint64_t fail_used;         /* injected failures given (fail=...:N) */
+	struct client *clients;     /* per client address: connections */
+	size_t nclients;
+};
+
+/* Connections seen from one client address (an engine's source IP). */
+struct client {
+	char addr[64];
+	uint64_t total;
+	unsigned current, peak;
 };
 
 enum conn_state { CS_CMD = 0, CS_DATA, CS_TLS, CS_SILENT, CS_CLOSING, CS__COUNT };
@@ -108,6 +119,7 @@ struct conn {
 	struct conn *next, *prev;   /* all connections, for teardown at exit */
 	struct sink *sink;
 	struct listener *l;
+	size_t client;              /* index in l->clients */
 	int fd;
 	ev_io rio, wio;
 	ev_timer delay;
@@ -151,6 +163,7 @@ struct sink {
 };
 
 static void conn_free(struct conn *c);
+static void conn_set_state(struct conn *c, enum conn_state st);
 static void conn_flush(struct conn *c);
 static void conn_update(struct conn *c);
 
@@ -193,7 +206,28 @@ reply(struct conn *c, const char *fmt, ...)
 static void
 reply_code(struct conn *c, unsigned code, const char *what)
 {
+	if (code == 421) {
+		/* What throttling providers say, then they hang up. */
+		reply(c, "421 4.7.0 Try again later, closing connection "
+		    "(injected failure at %s)", what);
+		conn_set_state(c, CS_CLOSING);
+		return;
+	}
 	reply(c, "%u %u.0.0 injected failure at %s", code, code / 100, what);
+}
+
+/* Does the configured failure apply now? fail=STAGE:CODE:N fails only the
+ * first N times on the listener. */
+static int
+fail_now(struct conn *c, enum stage st)
+{
+	struct listener *l = c->l;
+	if (l->o.fail_stage != st)
+		return 0;
+	if (l->o.fail_count && l->fail_used >= l->o.fail_count)
+		return 0;
+	l->fail_used++;
+	return 1;
 }
 
 /* ---------- counting ---------- */
@@ -349,6 +383,15 @@ stats_write(struct sink *s)
 			json_str(f, l->doms[j].name);
 			fprintf(f, ":%llu", (unsigned long long)l->doms[j].count);
 		}
+		fprintf(f, "},\"injected_failures\":%llu,\"clients\":{",
+		    (unsigned long long)l->fail_used);
+		for (size_t j = 0; j < l->nclients; j++) {
+			fprintf(f, "%s", j ? "," : "");
+			json_str(f, l->clients[j].addr);
+			fprintf(f, ":{\"total\":%llu,\"current\":%u,\"peak\":%u}",
+			    (unsigned long long)l->clients[j].total, l->clients[j].current,
+			    l->clients[j].peak);
+		}
 		fprintf(f, "},\"per_second\":[");
 		first = 1;
 		for (size_t j = 0; j < l->histcap; j++) {
@@ -453,7 +496,7 @@ cmd_ehlo(struct conn *c, const char *arg, int ehlo)
 		go_silent(c);
 		return;
 	}
-	if (ehlo && o->fail_stage == STG_EHLO) {
+	if (ehlo && fail_now(c, STG_EHLO)) {
 		reply_code(c, o->fail_code, "ehlo");
 		return;
 	}
@@ -508,7 +551,7 @@ cmd_mail(struct conn *c, const char *arg)
 		go_silent(c);
 		return;
 	}
-	if (o->fail_stage == STG_MAIL) {
+	if (fail_now(c, STG_MAIL)) {
 		reply_code(c, o->fail_code, "mail");
 		return;
 	}
@@ -539,7 +582,7 @@ cmd_rcpt(struct conn *c, const char *arg)
 		go_silent(c);
 		goto done;
 	}
-	if (o->fail_stage == STG_RCPT) {
+	if (fail_now(c, STG_RCPT)) {
 		reply_code(c, o->fail_code, "rcpt");
 		goto done;
 	}
@@ -583,7 +626,7 @@ cmd_data(struct conn *c)
 		go_silent(c);
 		return;
 	}
-	if (o->fail_stage == STG_DATA) {
+	if (fail_now(c, STG_DATA)) {
 		reply_code(c, o->fail_code, "data");
 		return;
 	}
@@ -611,7 +654,7 @@ data_done(struct conn *c)
 	} else if (o->silent == STG_DOT) {
 		go_silent(c);
 		return;
-	} else if (o->fail_stage == STG_DOT) {
+	} else if (fail_now(c, STG_DOT)) {
 		l->rejected++;
 		reply_code(c, o->fail_code, "dot");
 	} else {
@@ -981,6 +1024,7 @@ conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	c->l->conn_current--;
+	c->l->clients[c->client].current--;
 	buf_free(&c->line);
 	buf_free(&c->out);
 	buf_free(&c->from);
@@ -989,13 +1033,34 @@ conn_free(struct conn *c)
 	free(c);
 }
 
+static size_t
+client_get(struct listener *l, const struct sockaddr_storage *peer)
+{
+	char a[64] = "?";
+	if (peer->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, a, sizeof a);
+	else if (peer->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, a, sizeof a);
+	for (size_t i = 0; i < l->nclients; i++)
+		if (strcmp(l->clients[i].addr, a) == 0)
+			return i;
+	l->clients = mem_realloc(l->clients, (l->nclients + 1) * sizeof *l->clients);
+	struct client *c = &l->clients[l->nclients];
+	memset(c, 0, sizeof *c);
+	snprintf(c->addr, sizeof c->addr, "%s", a);
+	return l->nclients++;
+}
+
 static void
 accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	(void)revents;
 	struct listener *l = w->data;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage peer;
+		socklen_t plen = sizeof peer;
+		int fd = accept4(l->fd, (struct sockaddr *)&peer, &plen,
+		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				log_warn("sink: accept on %s: %s", l->addr, strerror(errno));
@@ -1026,6 +1091,11 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		l->conn_current++;
 		if (l->conn_current > l->conn_peak)
 			l->conn_peak = l->conn_current;
+		c->client = client_get(l, &peer);
+		struct client *cl = &l->clients[c->client];
+		cl->total++;
+		if (++cl->current > cl->peak)
+			cl->peak = cl->current;
 		if (l->o.silent == STG_GREET) {
 			conn_set_state(c, CS_SILENT);
 		} else if (l->o.greet && l->o.greet != 220) {
@@ -1070,14 +1140,18 @@ opt_apply(struct opts *o, const char *kv, char *err, size_t errlen)
 	else if (K("fail") && eq) {
 		const char *colon = strchr(v, ':');
 		unsigned long code = colon ? strtoul(colon + 1, &end, 10) : 0;
+		unsigned long count = 0;
+		if (colon && *end == ':' && end[1])
+			count = strtoul(end + 1, &end, 10);
 		enum stage st = colon ? stage_parse(v, (size_t)(colon - v)) : STG_NONE;
 		if (st == STG_NONE || st == STG_GREET || code < 400 || code > 599 || *end) {
-			snprintf(err, errlen, "fail=%s: want STAGE:CODE, STAGE in "
+			snprintf(err, errlen, "fail=%s: want STAGE:CODE[:COUNT], STAGE in "
 			    "ehlo|mail|rcpt|data|dot, CODE 400-599", v);
 			return -1;
 		}
 		o->fail_stage = st;
 		o->fail_code = (unsigned)code;
+		o->fail_count = (unsigned)count;
 	} else if (K("after") && numok)
 		o->after = (unsigned)num;
 	else if (K("delay") && numok)
@@ -1222,7 +1296,7 @@ usage(FILE *f)
 	    "  --save DIR          save accepted messages as DIR/<listener>-<n>.eml\n"
 	    "  --save-sample N     save only every Nth message\n"
 	    "  -o OPTS, --OPT[=V]  default listener options (see bench/README.md):\n"
-	    "     defer=P bounce=P greet=CODE fail=STAGE:CODE after=N delay=MS split\n"
+	    "     defer=P bounce=P greet=CODE fail=STAGE:CODE[:N] after=N delay=MS split\n"
 	    "     huge=BYTES silent=STAGE drop=data tls=fail notls nopipelining\n"
 	    "     maxsize=N maxconn=N name=NAME\n"
 	    "  -v                  debug logging\n");
@@ -1402,6 +1476,7 @@ out:
 			free(l->doms[j].name);
 		free(l->doms);
 		free(l->hist);
+		free(l->clients);
 		free(l);
 	}
 	free(s->ls);
