@@ -407,16 +407,30 @@ static int cmd_status(const struct opts *o)
 	}
 	json_t *sites = json_object_get(e, "sites");
 	if (sites) {
-		printf("\n%-40s %6s %6s %8s %s\n", "SITE", "CONNS", "QUEUED",
-			"STATE", "DOMAINS");
+		printf("\n%-32s %7s %7s %9s %8s %-30s %s\n", "SITE", "CONNS",
+			"QUEUED", "RATE", "SENT", "DOMAINS", "STATE");
 		json_array_foreach(sites, i, c) {
 			char *d = json_dumps(json_object_get(c, "domains"),
 				JSON_COMPACT);
-			printf("%-40.40s %6" JSON_INTEGER_FORMAT " %6"
-				JSON_INTEGER_FORMAT " %8s %s\n",
-				json_string_value(json_object_get(c, "site")),
-				geti(c, "connections"), geti(c, "queued"),
-				json_string_value(json_object_get(c, "state")), d);
+			char conns[32];
+			snprintf(conns, sizeof conns, "%" JSON_INTEGER_FORMAT "/%"
+				JSON_INTEGER_FORMAT, geti(c, "connections"),
+				geti(c, "max_connections"));
+			const char *rate = json_string_value(json_object_get(c,
+				"rate"));
+			printf("%-32.32s %7s %7" JSON_INTEGER_FORMAT " %9s %8"
+				JSON_INTEGER_FORMAT " %-30.30s %s",
+				json_string_value(json_object_get(c, "site")), conns,
+				geti(c, "queued"), rate && strcmp(rate, "0") ? rate : "-",
+				geti(c, "sent"), d,
+				json_string_value(json_object_get(c, "state")));
+			json_t *wu = json_object_get(c, "warmup");
+			if (wu)
+				printf(" (warm-up day %" JSON_INTEGER_FORMAT ": %"
+					JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT ")",
+					geti(wu, "day"), geti(wu, "sent_today"),
+					geti(wu, "cap"));
+			putchar('\n');
 			free(d);
 		}
 	}
