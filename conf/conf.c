@@ -153,6 +153,8 @@ static const struct cf_key cf_keys[] = {
 	  "how much of the full limits comes back per quiet period" },
 	{ "backoff", "floor", T_PERCENT, F(backoff_floor_pct), "10%", 1, 100,
 	  "the limits never step below this share of the configured ones" },
+	{ "backoff", "postpone_after", T_DURATION, F(backoff_postpone_ms), "1m", 0,
+	  86400000, "a suspension this long puts the site's waiting messages back in the queue" },
 	{ "backoff", "builtin_rules", T_BOOL, F(backoff_builtin), "yes", 0, 0,
 	  "also apply the built-in rules after the file's (yes | no)" },
 

@@ -116,6 +116,7 @@ struct cf {
 	uint64_t backoff_cooldown_ms;       /* at most one step down per this */
 	unsigned backoff_step_up_pct;
 	unsigned backoff_floor_pct;
+	uint64_t backoff_postpone_ms;       /* suspensions this long re-queue */
 	bool backoff_builtin;               /* the built-in rules apply too */
 	struct cf_rule *rules;              /* the file's rules, in order */
 	size_t nrules;

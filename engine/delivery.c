@@ -38,6 +38,8 @@
 #define PULL_CHUNK 512
 #define HOST_DOWN_SECS 60.0
 #define TEMPFAIL_CACHE_SECS 30.0
+/* A short suspension keeps up to this many of a site's messages in memory. */
+#define SUSPEND_HOLD 500.0
 
 struct dsite;
 struct ddom;
@@ -727,6 +729,28 @@ static bool warm_full(struct dl *d, struct dsite *st)
 	return true;
 }
 
+/*
+ * The site is suspended. A short suspension (under [backoff]
+ * postpone_after) is waited out in memory (at most SUSPEND_HOLD messages;
+ * pull leaves the rest due in the queue): no queue writes for a pause of
+ * seconds. A long one puts the waiting messages back in the queue, due
+ * when it ends. Either way nothing is
+ * tried and no attempt is counted.
+ */
+static void site_suspended(struct dl *d, struct dsite *st)
+{
+	double left = st->adapt.suspended_until - now_s(d);
+	if (left < d->cf->backoff_postpone_ms / 1000.0) {
+		site_arm(d, st, left + 0.001);
+		return;
+	}
+	char why[300];
+	snprintf(why, sizeof why, "site %.200s suspended: %.80s", st->key,
+		st->last_reply);
+	site_postpone_all(d, st, wall_ms() + (uint64_t)(left * 1000), why);
+	site_arm(d, st, left + 0.001);
+}
+
 /* A reply from the site (any non-2xx): does a backoff rule match? */
 static void site_reply(struct dl *d, struct dsite *st, int code,
 	const char *reply)
@@ -749,12 +773,10 @@ static void site_reply(struct dl *d, struct dsite *st, int code,
 		return;
 	double now = now_s(d);
 	if (st->rate_cfg <= 0 && st->adapt.factor >= 1) {
-		/* No rate configured: step down from what it was getting. */
-		double el = now - st->obs_start;
-		double cur = el > 0.5 ? st->obs_n / el : 0;
-		st->adapt_base = cur > st->obs_rate ? cur : st->obs_rate;
-		if (st->adapt_base < 1)
-			st->adapt_base = 1;
+		/* No rate configured: step down from the rate it was getting
+		 * over the last full observation window. Before one exists
+		 * (the very first replies) only connections step down. */
+		st->adapt_base = st->obs_rate;
 	}
 	bool was_suspended = sh_suspended(&st->adapt, now);
 	int what = sh_adapt_hit(&st->adapt, &d->pol, r->slow_pct,
@@ -767,11 +789,7 @@ static void site_reply(struct dl *d, struct dsite *st, int code,
 		site_event(d, st, "site_throttled", code, reply);
 	}
 	if (what & SH_SUSPEND) {
-		char why[300];
-		snprintf(why, sizeof why, "site %.200s suspended: %.80s", st->key,
-			reply);
-		site_postpone_all(d, st, wall_ms() + (uint64_t)((st->adapt
-			.suspended_until - now) * 1000), why);
+		site_suspended(d, st);
 		for (struct dsess *x = st->sessions; x; x = x->next)
 			if (x->idle)
 				smtp_kick(x->s);   /* it sees the suspension: QUIT */
@@ -1282,11 +1300,7 @@ static void site_kick(struct dl *d, struct dsite *st)
 	if (!st->queued)
 		return;
 	if (sh_suspended(&st->adapt, now)) {
-		char why[300];
-		snprintf(why, sizeof why, "site %.200s suspended: %.80s", st->key,
-			st->last_reply);
-		site_postpone_all(d, st, wall_ms() + (uint64_t)((st->adapt
-			.suspended_until - now) * 1000), why);
+		site_suspended(d, st);
 		return;
 	}
 	if (warm_full(d, st))
@@ -1507,9 +1521,9 @@ static void wa_send_claimed(struct dl *d, struct dmsg *m)
 
 /* ---- pulling from the queue ---- */
 
-/* A site held to a rate needs only so many messages in memory: the rest
- * stay due in the queue, so a slow site cannot fill `max_active` and
- * starve the others. */
+/* A site held to a rate (or briefly suspended) needs only so many messages
+ * in memory: the rest stay due in the queue, so a slow site cannot fill
+ * `max_active` and starve the others. */
 static bool site_has_enough(struct dl *d, const char *rcpt)
 {
 	const char *at = strrchr(rcpt, '@');
@@ -1521,11 +1535,14 @@ static bool site_has_enough(struct dl *d, const char *rcpt)
 	struct ddom *dom = ht_get(&d->domains, name);
 	if (!dom || dom->st != D_OK || !dom->site)
 		return false;
-	double r = site_rate_now(dom->site);
+	struct dsite *st = dom->site;
+	if (sh_suspended(&st->adapt, now_s(d)))
+		return (double)st->queued >= SUSPEND_HOLD;
+	double r = site_rate_now(st);
 	if (r <= 0)
 		return false;
 	double enough = r * 20 > 500 ? r * 20 : 500;
-	return (double)dom->site->queued >= enough;
+	return (double)st->queued >= enough;
 }
 
 struct pull_ctx {

@@ -83,6 +83,7 @@ schedule = 1s
 [backoff]
 quiet = 1s
 cooldown = 1m
+postpone_after = 1s
 builtin_rules = no
 rule = 421 * -> slow 50%, suspend 2s
 
