@@ -1224,7 +1224,11 @@ static void sess_ended(void *owner, struct smtp_session *s,
 		st->nquitting--;
 	if (x->src >= 0)
 		d->src[x->src].nsess--;
-	if (!d->draining)
+	/* A refusal before any message (greeting, EHLO: "421 too many
+	 * connections") is the site's answer too; replies to messages were
+	 * checked as they came. */
+	if (!d->draining && (e->conn_failed || e->stage == SMTP_STAGE_GREETING ||
+	    e->stage == SMTP_STAGE_EHLO))
 		site_reply(d, st, e->code, e->reply);
 	if (e->try_next_mx && x->host < st->nhosts) {
 		st->hosts[x->host].down_until = now_s(d) + HOST_DOWN_SECS;
