@@ -4,7 +4,8 @@ the event log: sites by MX patterns, per-site connection caps, a source
 address pool with per-address limits, message and connection rates,
 adaptive backoff on a burst of 421 replies (step down, suspend, step back
 up; suspended messages are not attempts), warm-up caps that survive a
-restart, transactional ahead of bulk inside a site, and a live reload.
+restart, transactional ahead of bulk inside a site, round-robin between
+bulk campaigns, and a live reload.
 
 Nothing here asserts that something is fast: rates are checked as lower
 bounds on elapsed time (an engine can be slower than its rate on a busy
@@ -264,7 +265,7 @@ max_messages_per_connection = 1
               f"{c['delivered']} in {ts[-1] - ts[0]:.2f} s")
 
         # 5. Transactional ahead of bulk inside one rate-limited site.
-        bulk = campaign("bulk", [f"b{i}@rated.test" for i in range(100)])
+        bulk = campaign("bulk", [f"b{i}@rated.test" for i in range(200)])
         wait_until("bulk started", lambda: any(
             x.get("event") == "delivered" and x.get("campaign") == bulk
             for x in e.events_list()), 60)
@@ -278,7 +279,15 @@ max_messages_per_connection = 1
         before = sum(1 for x in ev if x.get("event") == "delivered" and
                      x.get("campaign") == bulk and epoch(x["ts"]) <= t_tx)
         check("transactional delivered while the bulk campaign still waits",
-              before < 90, f"{before} bulk messages before it")
+              before < 180, f"{before} bulk messages before it")
+        # Fairness: a small bulk campaign submitted behind the big one gets
+        # its share of the site at once instead of waiting for the end.
+        small = campaign("small", [f"s{i}@rated.test" for i in range(10)])
+        c = e.wait_done(small, 120)
+        big = e.req({"op": "status", "id": bulk})["campaigns"][0]
+        check("a small bulk campaign is not starved by a big one",
+              c["delivered"] == 10 and big["state"] != "done",
+              f"big campaign: {big['delivered']} delivered, {big['state']}")
         e.wait_done(bulk, 120)
 
         # 6. connection_rate 2/s, one message per connection: 7 messages need
