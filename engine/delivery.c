@@ -182,6 +182,7 @@ struct dl {
 	dns_resolver *dns;
 	struct tls_client *tls;
 	evlog *ev;
+	q_zctx *z;                  /* reading compressed bodies */
 	struct sh_policy pol;
 	struct dsource *src;
 	size_t nsrc;
@@ -1065,17 +1066,20 @@ static bool load_body(struct dl *d, struct dmsg *m)
 {
 	q_txn *t;
 	char err[256];
-	const void *p;
-	size_t len;
 	if (q_begin(d->q, false, &t, err, sizeof err))
 		return false;
-	int rc = q_body_get(t, m->id, &p, &len);
-	if (rc == 1) {
-		m->body = mem_memdup(p, len);
-		m->len = len;
-	}
+	buf_t b = BUF_INIT;
+	int rc = q_body_read(t, d->z, m->id, &b, err, sizeof err);
 	q_abort(t);
-	return rc == 1;
+	if (rc < 0)
+		log_err("delivery: %s", err);
+	if (rc != 1) {
+		buf_free(&b);
+		return false;
+	}
+	m->len = b.len;
+	m->body = buf_steal(&b, NULL);
+	return true;
 }
 
 static enum smtp_next sess_next(void *owner, struct smtp_session *s,
@@ -1483,12 +1487,12 @@ static void wa_send_claimed(struct dl *d, struct dmsg *m)
 {
 	q_txn *t;
 	char err[256];
-	const void *p;
-	size_t len;
 	json_t *j = NULL;
 	if (q_begin(d->q, false, &t, err, sizeof err) == 0) {
-		if (q_body_get(t, m->id, &p, &len) == 1)
-			j = json_loadb(p, len, 0, NULL);
+		buf_t b = BUF_INIT;
+		if (q_body_read(t, d->z, m->id, &b, err, sizeof err) == 1)
+			j = json_loadb(b.p, b.len, 0, NULL);
+		buf_free(&b);
 		q_abort(t);
 	}
 	if (!j) {
@@ -1759,8 +1763,10 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	d->cm = c;
 	d->ev = ev;
 	d->env = *env;
+	d->z = q_zctx_new();
 	set_policy(d, cf);
 	if (make_sources(d, cf, err, errlen) < 0) {
+		q_zctx_free(d->z);
 		free(d->src);
 		free(d);
 		return NULL;
@@ -1772,6 +1778,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	dc.timeout = cf->dns_timeout_ms / 1000.0;
 	dc.tries = cf->dns_tries;
 	if (!(d->dns = dns_new(loop, &dc, err, errlen))) {
+		q_zctx_free(d->z);
 		free(d->src);
 		free(d);
 		return NULL;
@@ -1781,6 +1788,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	tc.ca_file = cf->ca_file && *cf->ca_file ? cf->ca_file : NULL;
 	if (!(d->tls = tls_client_new(&tc, err, errlen))) {
 		dns_free(d->dns);
+		q_zctx_free(d->z);
 		free(d->src);
 		free(d);
 		return NULL;
@@ -1789,6 +1797,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	    wa_start(d, cf, err, errlen) < 0) {
 		tls_client_free(d->tls);
 		dns_free(d->dns);
+		q_zctx_free(d->z);
 		free(d->src);
 		free(d);
 		return NULL;
@@ -2090,6 +2099,7 @@ void dl_free(dl *d)
 		d->camps = c;
 	}
 	ht_set_free(&d->inflight);
+	q_zctx_free(d->z);
 	free(d->src);
 	wa_free(d->wa);
 	dns_free(d->dns);

@@ -474,6 +474,11 @@ static int state_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	 * campaign after campaign does not grow the spool. */
 	if (rc == 0 && strcmp(j->state, "done") == 0)
 		rc = q_msg_forget_delivered(t, j->cid, &j->n, err, errlen);
+	/* No message of a finished campaign will be sent again: its bodies'
+	 * compression dictionary goes too. */
+	if (rc == 0 && (strcmp(j->state, "done") == 0 ||
+	    strcmp(j->state, "cancelled") == 0))
+		rc = q_dict_del(t, j->cid, err, errlen);
 	return rc;
 }
 
@@ -1183,15 +1188,22 @@ static void op_queue(struct srv *s, ctl_conn *c, json_t *req)
 			}
 			json_t *o = msg_json(f.msg, &m);
 			json_object_set_new(o, "reply", json_string(m.reply));
-			const void *p;
-			size_t len;
-			if (q_body_get(t, f.msg, &p, &len) == 1) {
-				const char *b = p, *end = memmem(b, len, "\r\n\r\n", 4);
-				size_t hl = end ? (size_t)(end - b) + 2 : len;
+			/* A rare operator action: its own zstd context. */
+			q_zctx *z = q_zctx_new();
+			buf_t body = BUF_INIT;
+			int brc = q_body_read(t, z, f.msg, &body, err, sizeof err);
+			if (brc == 1) {
+				const char *b = body.p;
+				const char *end = memmem(b, body.len, "\r\n\r\n", 4);
+				size_t hl = end ? (size_t)(end - b) + 2 : body.len;
 				json_t *h = json_stringn(b, hl);
 				json_object_set_new(o, "headers", h ? h
 					: json_string("(not UTF-8)"));
+			} else if (brc < 0) {
+				json_object_set_new(o, "headers", json_string(err));
 			}
+			buf_free(&body);
+			q_zctx_free(z);
 			q_abort(t);
 			ctl_reply(c, o);
 			return;

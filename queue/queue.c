@@ -22,14 +22,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zstd.h>
 
 #include "engine/mem.h"
 
 enum { T_META, T_CAMPAIGNS, T_COUNTERS, T_CONTACTS, T_MSGS, T_BODIES, T_DUE,
-	T_SUPPRESS, T_WARMUP, T_COUNT };
+	T_SUPPRESS, T_WARMUP, T_DICTS, T_COUNT };
 static const char *const table_names[T_COUNT] = {
 	"meta", "campaigns", "counters", "contacts", "msgs", "bodies", "due",
-	"suppress", "warmup",
+	"suppress", "warmup", "dicts",
 };
 
 #define Q_VERSION 1
@@ -724,6 +725,154 @@ int q_body_del(q_txn *t, uint64_t id, char *err, size_t errlen)
 	unsigned char k[8];
 	id_key(k, id);
 	return del(t, T_BODIES, k, 8, err, errlen);
+}
+
+/* ---- compressed bodies ---- */
+
+/* A zstd frame starts with these bytes; a stored MIME message (ASCII
+ * header) or WhatsApp JSON never does, so raw bodies need no marker. */
+static const unsigned char zmagic[4] = { 0x28, 0xb5, 0x2f, 0xfd };
+
+struct q_dict {
+	ZSTD_CDict *cd;
+	size_t len;
+};
+
+struct q_zctx {
+	ZSTD_CCtx *c;
+	ZSTD_DCtx *d;
+};
+
+q_zctx *q_zctx_new(void)
+{
+	q_zctx *z = mem_calloc(1, sizeof *z);
+	z->c = ZSTD_createCCtx();
+	z->d = ZSTD_createDCtx();
+	if (!z->c || !z->d) {
+		fprintf(stderr, "carteiro: out of memory (zstd context)\n");
+		abort();
+	}
+	return z;
+}
+
+void q_zctx_free(q_zctx *z)
+{
+	if (!z)
+		return;
+	ZSTD_freeCCtx(z->c);
+	ZSTD_freeDCtx(z->d);
+	free(z);
+}
+
+q_dict *q_dict_new(const void *p, size_t len, int level)
+{
+	q_dict *d = mem_calloc(1, sizeof *d);
+	/* Content that does not start with zstd's dictionary magic is taken
+	 * as a raw-content dictionary (a rendered message always is). */
+	d->cd = ZSTD_createCDict(p, len, level);
+	if (!d->cd) {
+		fprintf(stderr, "carteiro: out of memory (zstd dictionary)\n");
+		abort();
+	}
+	d->len = len;
+	return d;
+}
+
+void q_dict_free(q_dict *d)
+{
+	if (!d)
+		return;
+	ZSTD_freeCDict(d->cd);
+	free(d);
+}
+
+int q_body_pack(q_zctx *z, const q_dict *d, const void *p, size_t len,
+	buf_t *out)
+{
+	buf_reset(out);
+	size_t cap = ZSTD_compressBound(len);
+	buf_reserve(out, cap);
+	size_t n = ZSTD_compress_usingCDict(z->c, out->p, cap, p, len, d->cd);
+	if (ZSTD_isError(n) || n >= len) {
+		/* Not worth it (or cannot): stored as it is. */
+		buf_reset(out);
+		buf_add(out, p, len);
+		return 0;
+	}
+	out->len = n;
+	return 1;
+}
+
+int q_dict_put(q_txn *t, uint32_t cid, const void *p, size_t len, char *err,
+	size_t errlen)
+{
+	unsigned char k[4];
+	be32(k, cid);
+	const void *v;
+	size_t vl;
+	if (get(t, T_DICTS, k, 4, &v, &vl) == 1) {
+		/* Bodies may already be compressed with it: never replaced. */
+		snprintf(err, errlen, "queue: campaign %u already has a "
+			"dictionary", cid);
+		return -1;
+	}
+	return put(t, T_DICTS, k, 4, p, len, err, errlen);
+}
+
+int q_dict_get(q_txn *t, uint32_t cid, const void **p, size_t *len)
+{
+	unsigned char k[4];
+	be32(k, cid);
+	return get(t, T_DICTS, k, 4, p, len);
+}
+
+int q_dict_del(q_txn *t, uint32_t cid, char *err, size_t errlen)
+{
+	unsigned char k[4];
+	be32(k, cid);
+	return del(t, T_DICTS, k, 4, err, errlen);
+}
+
+int q_body_read(q_txn *t, q_zctx *z, uint64_t id, buf_t *out, char *err,
+	size_t errlen)
+{
+	const void *p;
+	size_t len;
+	buf_reset(out);
+	int rc = q_body_get(t, id, &p, &len);
+	if (rc != 1)
+		return rc;
+	if (len < 4 || memcmp(p, zmagic, 4) != 0) {
+		buf_add(out, p, len);
+		return 1;
+	}
+	const void *dict;
+	size_t dlen;
+	if (q_dict_get(t, q_id_cid(id), &dict, &dlen) != 1) {
+		snprintf(err, errlen, "queue: message %016llx is compressed but "
+			"campaign %u has no dictionary", (unsigned long long)id,
+			q_id_cid(id));
+		return -1;
+	}
+	unsigned long long size = ZSTD_getFrameContentSize(p, len);
+	if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN ||
+	    size > (64u << 20)) {
+		snprintf(err, errlen, "queue: message %016llx: damaged compressed "
+			"body", (unsigned long long)id);
+		return -1;
+	}
+	buf_reserve(out, (size_t)size + 1);
+	size_t n = ZSTD_decompress_usingDict(z->d, out->p, (size_t)size + 1, p,
+		len, dict, dlen);
+	if (ZSTD_isError(n) || n != size) {
+		snprintf(err, errlen, "queue: message %016llx: damaged compressed "
+			"body: %s", (unsigned long long)id, ZSTD_isError(n)
+			? ZSTD_getErrorName(n) : "wrong size");
+		buf_reset(out);
+		return -1;
+	}
+	out->len = n;
+	return 1;
 }
 
 /* ---- due index ---- */

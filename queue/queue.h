@@ -8,7 +8,8 @@
  *              restarted engine resumes rendering where it stopped
  *   msgs       (cid,idx) -> message record: state, attempts, due, rcpt,
  *              last reply; kept after the final outcome (for status/show)
- *   bodies     (cid,idx) -> the final wire bytes; deleted at the final
+ *   bodies     (cid,idx) -> the final wire bytes, raw or zstd-compressed
+ *              with the campaign's dictionary; deleted at the final
  *              outcome so delivered messages free their space
  *   due        (cid, due_ms, idx, chan) -> empty: the due-time index. Every
  *              message that waits (new, deferred, send_at) has exactly one
@@ -17,6 +18,7 @@
  *   suppress   address -> JSON {reason, ts, campaign}
  *   warmup     site -> first day, day, messages sent that day (warm-up
  *              caps survive a restart)
+ *   dicts      cid -> the campaign's compression dictionary
  *   meta       "version", "next_cid"
  *
  * A message id is cid << 32 | idx: deterministic, so re-rendering a contact
@@ -38,6 +40,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "engine/buf.h"
 
 enum q_sync { Q_SYNC_FULL, Q_SYNC_GROUP, Q_SYNC_NONE };
 
@@ -174,6 +178,40 @@ int q_body_put(q_txn *t, uint64_t id, const void *p, size_t len, char *err,
 	size_t errlen);
 int q_body_get(q_txn *t, uint64_t id, const void **p, size_t *len);
 int q_body_del(q_txn *t, uint64_t id, char *err, size_t errlen);
+
+/*
+ * Compressed bodies. The messages of a campaign are one template with a
+ * few personal pieces, so each body is compressed (zstd) against a
+ * per-campaign dictionary: a rendered message of the campaign, stored in
+ * table `dicts` (written once, in the transaction of the first bodies that
+ * use it, never replaced; deleted when the campaign is finished). A stored
+ * body is either raw bytes or a zstd frame (self-describing), so a body
+ * that does not shrink is kept as it is.
+ *
+ * q_zctx: compression/decompression state of one thread (not shared).
+ * q_dict: a campaign's dictionary prepared for compression (read-only,
+ * may be used by several threads at once).
+ */
+typedef struct q_zctx q_zctx;
+typedef struct q_dict q_dict;
+q_zctx *q_zctx_new(void);
+void q_zctx_free(q_zctx *z);
+q_dict *q_dict_new(const void *p, size_t len, int level);
+void q_dict_free(q_dict *d);
+/* Compress p into out with the dictionary; returns 1 if compressed, 0 if
+ * out holds the raw bytes (it would not shrink). */
+int q_body_pack(q_zctx *z, const q_dict *d, const void *p, size_t len,
+	buf_t *out);
+/* The campaign's dictionary: -1 if it already has one. */
+int q_dict_put(q_txn *t, uint32_t cid, const void *p, size_t len, char *err,
+	size_t errlen);
+int q_dict_get(q_txn *t, uint32_t cid, const void **p, size_t *len);
+int q_dict_del(q_txn *t, uint32_t cid, char *err, size_t errlen);
+/* The body of id as sent on the wire (decompressed) into out: 1, 0 when
+ * there is none, -1 with err when it cannot be read (no dictionary,
+ * damaged). */
+int q_body_read(q_txn *t, q_zctx *z, uint64_t id, buf_t *out, char *err,
+	size_t errlen);
 
 /* Free the bodies of messages that have a final state (left by a crash
  * between an outcome's commit and the freeing of its body). */
