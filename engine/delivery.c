@@ -1039,6 +1039,10 @@ static void enqueue(struct dl *d, struct dmsg *m)
 	}
 	m->dom = dom;
 	dom_push(dom, m);
+	/* A domain in its site's ring counts toward the site's queue, also
+	 * while its cached answer is being renewed (D_NEW, D_RESOLVING). */
+	if (dom->in_ring)
+		dom->site->queued++;
 	if ((dom->st == D_OK || dom->st == D_ERR) && now_s(d) >= dom->expires)
 		dom->st = D_NEW;        /* the cached answer expired */
 	switch (dom->st) {
@@ -1050,8 +1054,6 @@ static void enqueue(struct dl *d, struct dmsg *m)
 	case D_RESOLVING:
 		break;
 	case D_OK:
-		if (dom->in_ring)
-			dom->site->queued++;
 		dom_ready(d, dom);
 		break;
 	case D_ERR:
