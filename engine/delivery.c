@@ -1935,9 +1935,25 @@ bool dl_idle(const dl *d)
 
 json_t *dl_status(dl *d, bool sites)
 {
-	json_t *j = json_pack("{sIsIsI}", "inflight", (json_int_t)d->active,
-		"connections", (json_int_t)d->nsess, "domains",
-		(json_int_t)d->domains.len);
+	/* Where the messages in flight are: waiting for an MX answer, in a
+	 * site's queue, in a session or being committed. */
+	size_t pos0 = 0, resolving = 0, in_domains = 0, in_sites = 0;
+	const char *k0;
+	void *v0;
+	while (ht_next(&d->domains, &pos0, &k0, &v0)) {
+		struct ddom *dom = v0;
+		in_domains += dom->nq;
+		if (dom->st == D_RESOLVING || dom->st == D_NEW)
+			resolving += dom->nq;
+	}
+	pos0 = 0;
+	while (ht_next(&d->sites, &pos0, &k0, &v0))
+		in_sites += ((struct dsite *)v0)->queued;
+	json_t *j = json_pack("{sIsIsIs{sIsIsI}}", "inflight",
+		(json_int_t)d->active, "connections", (json_int_t)d->nsess,
+		"domains", (json_int_t)d->domains.len, "waiting",
+		"dns", (json_int_t)resolving, "sites", (json_int_t)in_sites,
+		"domains", (json_int_t)in_domains);
 	struct tls_stats ts;
 	tls_client_stats(d->tls, &ts);
 	json_object_set_new(j, "tls", json_pack("{sIsIsI}", "full",
