@@ -91,7 +91,7 @@ static const struct cf_key cf_keys[] = {
 	  "how long outcomes are gathered into one commit in group mode" },
 	{ "queue", "map_size", T_SIZE, F(map_size), "1G", (uint64_t)16 << 20,
 	  (uint64_t)1 << 44, "initial LMDB map size (grows when full)" },
-	{ "queue", "max_active", T_UINT, F(max_active), "50000", 100, 10000000,
+	{ "queue", "max_active", T_UINT, F(max_active), "20000", 100, 10000000,
 	  "messages held in memory for delivery at once" },
 	{ "queue", "render_ahead", T_UINT, F(render_ahead), "50000", 100, 100000000,
 	  "rendered but undelivered messages per campaign before rendering waits" },
