@@ -1954,6 +1954,13 @@ json_t *dl_status(dl *d, bool sites)
 		"domains", (json_int_t)d->domains.len, "waiting",
 		"dns", (json_int_t)resolving, "sites", (json_int_t)in_sites,
 		"domains", (json_int_t)in_domains);
+	struct dns_stats ds;
+	dns_get_stats(d->dns, &ds);
+	json_object_set_new(j, "dns", json_pack("{sIsIsIsIsI}", "queries",
+		(json_int_t)ds.queries, "cache_hits", (json_int_t)ds.cache_hits,
+		"coalesced", (json_int_t)ds.coalesced, "address_queries",
+		(json_int_t)ds.addr_queries, "address_cache_hits",
+		(json_int_t)ds.addr_cache_hits));
 	struct tls_stats ts;
 	tls_client_stats(d->tls, &ts);
 	json_object_set_new(j, "tls", json_pack("{sIsIsI}", "full",

@@ -34,9 +34,25 @@ struct waiter {
 
 struct job;
 
-struct hostq {               /* address lookup of one MX host */
+struct hostq {               /* a job waiting for one MX host's addresses */
 	struct job *job;
 	size_t idx;
+	struct hostq *next;
+};
+
+/* The addresses of one MX host, shared by every domain that names it:
+ * a thousand domains hosted on the same two MX hosts cost two address
+ * lookups, not two thousand. Kept for the smallest address TTL. */
+struct hostaddr {
+	struct sockaddr_storage *addrs;
+	size_t naddrs;
+	int status;              /* ARES_SUCCESS or why the lookup failed */
+	unsigned ttl;            /* smallest address TTL, 0 = none given */
+	double expires;
+	bool busy;               /* a lookup is in flight */
+	bool handing;            /* its answer is being handed to the jobs */
+	struct hostq *waiters;
+	dns_resolver *r;
 };
 
 struct job {
@@ -71,6 +87,7 @@ struct dns_resolver {
 	struct dns_config c;
 	ht_map jobs;             /* domain → job in progress */
 	ht_map cache;            /* domain → struct cached */
+	ht_map hosts;            /* MX host name → struct hostaddr */
 	uint64_t next_id;
 	struct dns_stats st;
 	/* At most JOBS_MAX domains are being resolved at once: a burst of a
@@ -270,6 +287,12 @@ void dns_free(dns_resolver *r)
 		free(v);
 	}
 	ht_free(&r->cache);
+	pos = 0;
+	while (ht_next(&r->hosts, &pos, &k, &v)) {
+		free(((struct hostaddr *)v)->addrs);
+		free(v);
+	}
+	ht_free(&r->hosts);
 	free(r);
 }
 
@@ -409,58 +432,147 @@ static void addrs_done(struct job *j)
 	finish(j);
 }
 
+/* One waiting job gets a host's addresses (or its failure). */
+static void host_fill(struct job *j, size_t idx, const struct hostaddr *ha)
+{
+	struct dns_host *h = &j->res.hosts[idx];
+	if (ha->status == ARES_SUCCESS && ha->naddrs) {
+		h->addrs = mem_memdup(ha->addrs, ha->naddrs * sizeof *ha->addrs);
+		h->naddrs = ha->naddrs;
+		if (ha->ttl) {
+			double left = ha->expires - now(j->r);
+			unsigned t = left < 1 ? 1 : (unsigned)left;
+			if (!j->ttl || t < j->ttl)
+				j->ttl = t;
+		}
+	} else if (!j->addr_fail || ha->status != ARES_ENOTFOUND) {
+		j->addr_fail = ha->status == ARES_SUCCESS ? ARES_ENODATA :
+			ha->status;
+	}
+	if (--j->pending == 0)
+		addrs_done(j);
+}
+
 static void addr_cb(void *arg, int status, int timeouts,
 	struct ares_addrinfo *ai)
 {
-	struct hostq *q = arg;
-	struct job *j = q->job;
+	struct hostaddr *ha = arg;
 	(void)timeouts;
 	if (status == ARES_EDESTRUCTION) {
 		ares_freeaddrinfo(ai);
 		return;
 	}
-	struct dns_host *h = &j->res.hosts[q->idx];
+	dns_resolver *r = ha->r;
+	free(ha->addrs);
+	ha->addrs = NULL;
+	ha->naddrs = 0;
+	ha->ttl = 0;
+	ha->status = status;
 	if (status == ARES_SUCCESS && ai) {
 		size_t n = 0;
 		for (struct ares_addrinfo_node *x = ai->nodes; x; x = x->ai_next)
 			n++;
-		h->addrs = mem_calloc(n ? n : 1, sizeof *h->addrs);
+		ha->addrs = mem_calloc(n ? n : 1, sizeof *ha->addrs);
 		/* IPv6 first, then IPv4, as most MTAs do. */
 		for (int pass = 0; pass < 2; pass++)
 			for (struct ares_addrinfo_node *x = ai->nodes; x;
 			    x = x->ai_next) {
 				if ((x->ai_family == AF_INET6) != (pass == 0))
 					continue;
-				if (x->ai_addrlen > sizeof *h->addrs)
+				if (x->ai_addrlen > sizeof *ha->addrs)
 					continue;
-				memcpy(&h->addrs[h->naddrs++], x->ai_addr,
+				memcpy(&ha->addrs[ha->naddrs++], x->ai_addr,
 					x->ai_addrlen);
-				if (x->ai_ttl > 0 && (!j->ttl ||
-				    (unsigned)x->ai_ttl < j->ttl))
-					j->ttl = (unsigned)x->ai_ttl;
+				if (x->ai_ttl > 0 && (!ha->ttl ||
+				    (unsigned)x->ai_ttl < ha->ttl))
+					ha->ttl = (unsigned)x->ai_ttl;
 			}
-	} else if (!j->addr_fail || status != ARES_ENOTFOUND) {
-		j->addr_fail = status;
 	}
 	ares_freeaddrinfo(ai);
-	if (--j->pending == 0)
-		addrs_done(j);
+	ha->expires = now(r) + (status != ARES_SUCCESS ? r->c.tempfail_ttl :
+		ha->ttl ? ha->ttl : 60);
+	/* Hand the answer to the waiting jobs. Each may end (and free its
+	 * job, hence its hostq) and start others, which may look this host
+	 * up again: detach the list first. */
+	struct hostq *q = ha->waiters;
+	ha->waiters = NULL;
+	ha->busy = false;
+	ha->handing = true;
+	while (q) {
+		struct hostq *next = q->next;
+		host_fill(q->job, q->idx, ha);
+		q = next;
+	}
+	ha->handing = false;
+}
+
+/* Room in the host cache: drop what expired; if nothing did, everything
+ * not being looked up. */
+static void hosts_trim(dns_resolver *r)
+{
+	if (r->hosts.len < r->c.cache_max)
+		return;
+	double t = now(r);
+	for (int pass = 0; pass < 2; pass++) {
+		size_t pos = 0, dropped = 0;
+		const char *k;
+		void *v;
+		while (ht_next(&r->hosts, &pos, &k, &v)) {
+			struct hostaddr *ha = v;
+			if (ha->busy || ha->handing ||
+			    (pass == 0 && ha->expires > t))
+				continue;
+			free(ha->addrs);
+			free(ht_del(&r->hosts, k));
+			dropped++;
+		}
+		if (dropped)
+			return;
+	}
 }
 
 static void resolve_hosts(struct job *j)
 {
+	dns_resolver *r = j->r;
 	struct ares_addrinfo_hints hints;
 	memset(&hints, 0, sizeof hints);
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
-	j->pending = j->res.nhosts;
 	size_t n = j->res.nhosts;
+	/* One more than the hosts: cached answers are handed over at once,
+	 * and the job must not end inside this loop. */
+	j->pending = n + 1;
 	for (size_t i = 0; i < n; i++) {
+		const char *name = j->res.hosts[i].name;
+		struct hostaddr *ha = ht_get(&r->hosts, name);
+		if (ha && !ha->busy && ha->expires > now(r)) {
+			r->st.addr_cache_hits++;
+			host_fill(j, i, ha);
+			continue;
+		}
 		j->hq[i].job = j;
 		j->hq[i].idx = i;
-		ares_getaddrinfo(j->r->ch, j->res.hosts[i].name, NULL, &hints,
-			addr_cb, &j->hq[i]);
+		if (ha && ha->busy) {
+			r->st.addr_cache_hits++;
+			j->hq[i].next = ha->waiters;
+			ha->waiters = &j->hq[i];
+			continue;
+		}
+		if (!ha) {
+			hosts_trim(r);
+			ha = mem_calloc(1, sizeof *ha);
+			ha->r = r;
+			ht_put(&r->hosts, name, ha);
+		}
+		ha->busy = true;
+		j->hq[i].next = NULL;
+		ha->waiters = &j->hq[i];
+		r->st.addr_queries++;
+		/* May call back before returning (an IP literal, /etc/hosts). */
+		ares_getaddrinfo(r->ch, name, NULL, &hints, addr_cb, ha);
 	}
+	if (--j->pending == 0)
+		addrs_done(j);
 }
 
 /* TTL of the first answer record of a DNS message (0 if unreadable). */

@@ -67,7 +67,8 @@ bool dns_permanent(const struct dns_result *r);
 const char *dns_status_name(enum dns_status s);
 
 struct dns_stats {
-	uint64_t queries, cache_hits, coalesced;
+	uint64_t queries, cache_hits, coalesced;   /* domains (MX) */
+	uint64_t addr_queries, addr_cache_hits;    /* MX hosts' addresses */
 };
 void dns_get_stats(const dns_resolver *r, struct dns_stats *s);
 

@@ -126,19 +126,33 @@ int main(int argc, char **argv)
 	check("concurrent lookups share one query",
 		a.calls == 2 && st.queries == 1 && st.coalesced == 2, "");
 	check("a cancelled lookup never calls back", b.calls == 0, "");
+	check("each MX host's addresses asked once",
+		st.addr_queries == 4 && st.addr_cache_hits == 0, "");
+	/* Another domain on two of those hosts: only its MX query goes out. */
+	struct got s1 = { .loop = loop, .want = 1 };
+	dns_lookup(r, "shared.dns.test", cb, &s1);
+	if (!s1.calls)
+		run(loop);
+	dns_get_stats(r, &st);
+	check("MX hosts shared by domains: addresses from the host cache",
+		s1.st == DNS_OK && strstr(s1.order, "mxa.dns.test") &&
+		strstr(s1.order, "mxb.dns.test") && st.addr_queries == 4 &&
+		st.addr_cache_hits == 2 && st.queries == 2, s1.order);
 	fake_now += 20;
 	struct got h = { .loop = loop, .want = 1 };
 	dns_lookup(r, "equal.dns.test", cb, &h);
 	dns_get_stats(r, &st);
 	check("within the TTL: answered from the cache",
-		h.calls == 1 && st.queries == 1 && st.cache_hits == 1, "");
+		h.calls == 1 && st.queries == 2 && st.cache_hits == 1, "");
 	fake_now += 15;   /* 35 s > TTL 30 s */
 	struct got e = { .loop = loop, .want = 1 };
 	dns_lookup(r, "equal.dns.test", cb, &e);
 	if (!e.calls)
 		run(loop);
 	dns_get_stats(r, &st);
-	check("after the TTL: asked again", e.calls == 1 && st.queries == 2, "");
+	check("after the TTL: asked again (MX and addresses)",
+		e.calls == 1 && e.st == DNS_OK && st.queries == 3 &&
+		st.addr_queries == 8, "");
 	struct got n = { .loop = loop, .want = 1 };
 	dns_lookup(r, "nothere.dns.test", cb, &n);
 	if (!n.calls)

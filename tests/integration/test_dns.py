@@ -24,6 +24,9 @@ def main():
         for h in ("mxa", "mxb", "mxc"):
             lines.append(f"mx-host=equal.dns.test,{h}.dns.test,10")
         lines.append("mx-host=equal.dns.test,mxd.dns.test,20")
+        # A second domain on two of the same MX hosts (shared hosting).
+        for h in ("mxa", "mxb"):
+            lines.append(f"mx-host=shared.dns.test,{h}.dns.test,10")
         start_dnsmasq(w, ADDR, PORT, lines, "equal.dns.test")
         r = subprocess.run([DRIVE, f"{ADDR}:{PORT}"], timeout=120)
         rc = r.returncode
