@@ -93,6 +93,8 @@ static const struct cf_key cf_keys[] = {
 	  (uint64_t)1 << 44, "initial LMDB map size (grows when full)" },
 	{ "queue", "max_active", T_UINT, F(max_active), "20000", 100, 10000000,
 	  "messages held in memory for delivery at once" },
+	{ "queue", "job_chunk", T_UINT, F(job_chunk), "10000", 10, 1000000,
+	  "messages per transaction of long jobs (cancel, queue retry/delete)" },
 	{ "queue", "render_ahead", T_UINT, F(render_ahead), "50000", 100, 100000000,
 	  "rendered but undelivered messages per campaign before rendering waits" },
 

@@ -82,6 +82,7 @@ struct cf {
 	uint64_t map_size;       /* bytes */
 	unsigned max_active;     /* messages held in memory for delivery */
 	unsigned render_ahead;   /* rendered, undelivered messages per campaign */
+	unsigned job_chunk;      /* messages per transaction of long jobs */
 
 	/* [dns] */
 	char *dns_servers;       /* "" = /etc/resolv.conf */

@@ -32,7 +32,7 @@ struct gc {
 struct jobnode {
 	struct jobnode *next;
 	struct cm_job job;
-	int rc;
+	int rc;                      /* CM_MORE: not finished */
 	char err[256];
 };
 
@@ -203,6 +203,13 @@ static int apply_one(q_txn *t, struct cm_outcome *o, struct q_counters *d,
 	}
 	if ((rc = q_due_del(t, &o->due, err, errlen)) != 0)
 		return rc;
+	if (m.due_ms != o->due.due_ms) {
+		/* `queue retry` moved its due entry while it was in flight. */
+		struct q_due moved = o->due;
+		moved.due_ms = m.due_ms;
+		if ((rc = q_due_del(t, &moved, err, errlen)) != 0)
+			return rc;
+	}
 	m.attempts = o->attempts;
 	m.last_ms = o->now_ms;
 	snprintf(m.reply, sizeof m.reply, "%s", o->reply);
@@ -352,6 +359,7 @@ static void free_bodies(cm *c, size_t max)
 	c->gc.n -= n;
 }
 
+/* One transaction of a job (one chunk); j->rc is CM_MORE if it has more. */
 static void run_job(cm *c, struct jobnode *j)
 {
 	buf_t events = BUF_INIT;
@@ -360,9 +368,14 @@ static void run_job(cm *c, struct jobnode *j)
 		buf_reset(&events);
 		j->err[0] = 0;
 		int rc = q_begin(c->q, true, &t, j->err, sizeof j->err);
+		bool more = false;
 		if (rc == 0) {
 			rc = j->job.apply(t, j->job.arg, &events, j->err,
 				sizeof j->err);
+			if (rc == CM_MORE) {
+				more = true;
+				rc = 0;
+			}
 			if (rc == 0)
 				rc = q_commit(t, j->err, sizeof j->err);
 			else
@@ -370,9 +383,11 @@ static void run_job(cm *c, struct jobnode *j)
 		}
 		if (rc == Q_EFULL && q_grow(c->q, j->err, sizeof j->err) == 0)
 			continue;
-		j->rc = rc;
 		if (rc == 0 && events.len)
 			evlog_write(c->ev, events.p, events.len);
+		if (rc == 0 && j->job.committed)
+			j->job.committed(j->job.arg);
+		j->rc = rc == 0 && more ? CM_MORE : rc;
 		break;
 	}
 	buf_free(&events);
@@ -471,11 +486,32 @@ static void *cm_main(void *arg)
 			process(c, list);
 		if (c->gc.n > GC_HIGH)
 			free_bodies(c, 1024);
-		for (struct jobnode *j = jobs; j; j = j->next)
+		/* Jobs with more to do go back to the front of the line, after
+		 * the outcomes that arrive meanwhile; the finished ones go to
+		 * the loop. */
+		struct jobnode *fin = NULL, **fin_tail = &fin;
+		struct jobnode *again = NULL, **again_tail = &again;
+		for (struct jobnode *j = jobs, *n; j; j = n) {
+			n = j->next;
+			j->next = NULL;
 			run_job(c, j);
-		if (jobs)
-			deliver(c, NULL, jobs);
+			if (j->rc == CM_MORE) {
+				*again_tail = j;
+				again_tail = &j->next;
+			} else {
+				*fin_tail = j;
+				fin_tail = &j->next;
+			}
+		}
+		if (fin)
+			deliver(c, NULL, fin);
 		pthread_mutex_lock(&c->mu);
+		if (again) {
+			*again_tail = c->jobs_in;
+			if (!c->jobs_in)
+				c->jobs_tail = again_tail;
+			c->jobs_in = again;
+		}
 	}
 	pthread_mutex_unlock(&c->mu);
 	while (c->gc.n)

@@ -69,14 +69,26 @@ struct cm_ops {
 typedef struct cm cm;
 
 /* A job: apply() runs on the committer thread inside a write transaction
- * (return 0 to commit, non-zero to abort); after() runs on the loop thread
- * with the result. Event lines appended to `events` are written after a
- * successful commit. */
+ * (return 0 to commit, a negative error to abort); after() runs on the
+ * loop thread with the result. Event lines appended to `events` are
+ * written after a successful commit.
+ *
+ * A job over many messages works in chunks: apply() does a bounded part
+ * and returns CM_MORE; that transaction is committed, committed() (if
+ * set) is told so the job can move its position on, and apply() runs
+ * again in a new transaction, after the outcomes that arrived meanwhile.
+ * A chunk whose transaction is aborted (a full map: grown, then retried)
+ * runs again from the same position, so apply() must take its position
+ * from what committed() recorded. One huge transaction would hold its
+ * dirty pages in memory (LMDB keeps those buffers for reuse: the
+ * engine's memory would stay at its largest transaction's size). */
+#define CM_MORE 1
 struct cm_job {
 	int (*apply)(q_txn *t, void *arg, buf_t *events, char *err,
 		size_t errlen);
 	void (*after)(void *arg, int rc, const char *err);
 	void *arg;
+	void (*committed)(void *arg);
 };
 
 cm *cm_new(q_env *q, evlog *ev, struct ev_loop *loop, uint64_t window_ms,

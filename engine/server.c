@@ -454,30 +454,58 @@ static void start_campaign(struct srv *s, struct scamp *sc)
 	dl_campaign(s->dl, sc->camp, paused);
 }
 
+/* Jobs over a whole campaign or queue (cancel, queue retry/delete,
+ * forgetting a finished campaign's delivered records) work in chunks of
+ * `[queue] job_chunk` messages per transaction: a million-message job is
+ * a hundred transactions, not one whose dirty pages would all sit in
+ * memory (commit.h). The size is copied into the job when it is made: the
+ * committer thread never reads the configuration. */
 struct state_job {
 	struct srv *s;
 	uint32_t cid;
 	char state[16];
 	uint64_t done_ms;
 	ctl_conn *conn;            /* reply when done, may be NULL */
-	uint64_t n;                /* messages affected (cancel) */
+	uint64_t n;                /* messages affected (committed chunks) */
+	uint64_t chunk_n;          /* … in the chunk being applied */
+	uint64_t pos, pos_next;    /* done: message id to go on from */
+	unsigned chunk;            /* [queue] job_chunk */
 };
+
+static void state_committed(void *arg)
+{
+	struct state_job *j = arg;
+	j->pos = j->pos_next;
+	j->n += j->chunk_n;
+	j->chunk_n = 0;
+}
 
 static int state_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	size_t errlen)
 {
 	struct state_job *j = arg;
 	(void)events;
+	bool done = strcmp(j->state, "done") == 0;
+	j->chunk_n = 0;
+	if (done) {
+		/* A finished campaign keeps the records of what did not arrive
+		 * (bounce report, queue show) and forgets the delivered ones,
+		 * so campaign after campaign does not grow the spool. In
+		 * chunks; the state is recorded with the last one (a restart
+		 * before it finds the campaign ready with nothing left to send,
+		 * and finishes it again). */
+		j->pos_next = j->pos;
+		int more = q_msg_forget_delivered(t, j->cid, &j->pos_next,
+			j->chunk, &j->chunk_n, err, errlen);
+		if (more < 0)
+			return -1;
+		if (more)
+			return CM_MORE;
+	}
 	int rc = set_state(t, j->cid, j->state, j->done_ms, err, errlen);
-	/* A finished campaign keeps the records of what did not arrive
-	 * (bounce report, queue show) and forgets the delivered ones, so
-	 * campaign after campaign does not grow the spool. */
-	if (rc == 0 && strcmp(j->state, "done") == 0)
-		rc = q_msg_forget_delivered(t, j->cid, &j->n, err, errlen);
 	/* No message of a finished campaign will be sent again: its bodies'
 	 * compression dictionary goes too. */
-	if (rc == 0 && (strcmp(j->state, "done") == 0 ||
-	    strcmp(j->state, "cancelled") == 0))
+	if (rc == 0 && (done || strcmp(j->state, "cancelled") == 0))
 		rc = q_dict_del(t, j->cid, err, errlen);
 	return rc;
 }
@@ -511,11 +539,12 @@ static void check_done(struct srv *s, struct scamp *sc)
 		sc->cid, sc->c.delivered, sc->c.bounced, sc->c.expired,
 		sc->c.suppressed);
 	struct state_job *j = mem_calloc(1, sizeof *j);
+	j->chunk = s->cf->job_chunk;
 	j->s = s;
 	j->cid = sc->cid;
 	snprintf(j->state, sizeof j->state, "done");
 	j->done_ms = sc->done_ms;
-	struct cm_job job = { state_apply, state_after, j };
+	struct cm_job job = { state_apply, state_after, j, state_committed };
 	cm_job(s->cm, &job);
 	struct evlog_event ev = { .event = "campaign_done", .campaign = sc->cid,
 		.ms = (double)(sc->done_ms - sc->accepted_ms) };
@@ -740,11 +769,15 @@ static void op_status(struct srv *s, ctl_conn *c, json_t *req)
 	ctl_reply(c, r);
 }
 
-/* cancel: every waiting message and contact of the campaign is cancelled. */
+/* cancel: every waiting message and contact of the campaign is cancelled,
+ * job_chunk of them per transaction. The state is recorded with the first
+ * chunk: a restart in the middle finds the campaign cancelled with
+ * messages or contacts left and finishes the job (recover()). */
 struct cancel_ctx {
-	q_txn *t;
 	struct q_due *due;
 	size_t n, cap;
+	uint32_t *idx;
+	size_t nidx;
 };
 
 static int collect_due(void *arg, const struct q_due *d)
@@ -758,12 +791,12 @@ static int collect_due(void *arg, const struct q_due *d)
 	return 0;
 }
 
-static int count_contact(void *arg, uint32_t idx, const void *p, size_t len)
+static int collect_contact(void *arg, uint32_t idx, const void *p, size_t len)
 {
-	(void)idx;
+	struct cancel_ctx *x = arg;
 	(void)p;
 	(void)len;
-	(*(uint64_t *)arg)++;
+	x->idx[x->nidx++] = idx;
 	return 0;
 }
 
@@ -771,11 +804,16 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	size_t errlen)
 {
 	struct state_job *j = arg;
-	struct cancel_ctx x = { .t = t };
-	int rc = q_due_scan(t, j->cid, NULL, UINT64_MAX, 0, collect_due, &x,
-		NULL, err, errlen);
-	uint64_t n = 0, contacts = 0, wa_cancelled = 0;
-	for (size_t i = 0; rc >= 0 && i < x.n; i++) {
+	struct cancel_ctx x = { 0 };
+	uint64_t n = 0, wa_cancelled = 0;
+	j->chunk_n = 0;
+	int rc = set_state(t, j->cid, "cancelled", 0, err, errlen);
+	if (rc == 0)
+		rc = q_due_scan(t, j->cid, NULL, UINT64_MAX, j->chunk,
+			collect_due, &x, NULL, err, errlen);
+	if (rc > 0)
+		rc = 0;
+	for (size_t i = 0; rc == 0 && i < x.n; i++) {
 		uint64_t id = q_id(x.due[i].cid, x.due[i].idx);
 		struct q_msg m;
 		rc = q_due_del(t, &x.due[i], err, errlen);
@@ -792,33 +830,41 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 				n++;
 		}
 	}
+	/* Contacts never rendered are cancelled too. */
+	size_t room = j->chunk - x.n;
+	if (rc == 0 && room) {
+		x.idx = mem_alloc(room * sizeof *x.idx);
+		rc = q_contact_scan(t, j->cid, 0, (unsigned)room, collect_contact,
+			&x, err, errlen);
+		if (rc > 0)
+			rc = 0;
+		for (size_t i = 0; rc == 0 && i < x.nidx; i++)
+			rc = q_contact_del(t, j->cid, x.idx[i], err, errlen);
+	}
+	bool more = x.n + x.nidx == j->chunk;
 	free(x.due);
-	if (rc >= 0)
-		rc = q_contact_scan(t, j->cid, 0, 0, count_contact, &contacts, err,
-			errlen);
-	if (rc >= 0) {
-		/* Contacts never rendered are cancelled too. */
+	free(x.idx);
+	if (rc == 0) {
 		struct q_counters d = { 0 };
-		d.cancelled = n + contacts;
+		d.cancelled = n + x.nidx;
 		d.wa_failed = wa_cancelled;
 		rc = q_counters_add(t, j->cid, &d, err, errlen);
 	}
-	if (rc >= 0 && contacts)
-		rc = q_contact_clear(t, j->cid, err, errlen);
-	if (rc >= 0)
-		rc = set_state(t, j->cid, "cancelled", 0, err, errlen);
-	j->n = n + contacts;
-	if (rc >= 0) {
+	if (rc == 0 && !more)
+		rc = q_dict_del(t, j->cid, err, errlen);
+	j->chunk_n = n + x.nidx;
+	if (rc == 0 && !more) {
 		struct evlog_event ev = { .event = "campaign_cancelled",
 			.campaign = j->cid, .ms = -1 };
 		char extra[64];
-		snprintf(extra, sizeof extra, "\"messages\":%" PRIu64, j->n);
+		snprintf(extra, sizeof extra, "\"messages\":%" PRIu64,
+			j->n + j->chunk_n);
 		ev.extra = extra;
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		evlog_format(events, (double)ts.tv_sec + ts.tv_nsec / 1e9, &ev);
 	}
-	return rc < 0 ? -1 : 0;
+	return rc < 0 ? rc : more ? CM_MORE : 0;
 }
 
 static void op_campaign_state(struct srv *s, ctl_conn *c, json_t *req,
@@ -838,11 +884,12 @@ static void op_campaign_state(struct srv *s, ctl_conn *c, json_t *req,
 		return;
 	}
 	struct state_job *j = mem_calloc(1, sizeof *j);
+	j->chunk = s->cf->job_chunk;
 	j->s = s;
 	j->cid = sc->cid;
 	j->conn = c;
 	ctl_conn_hold(c);
-	struct cm_job job = { state_apply, state_after, j };
+	struct cm_job job = { state_apply, state_after, j, state_committed };
 	if (cancel) {
 		sc->removing = true;
 		/* Stop rendering first so no new message appears after. */
@@ -951,7 +998,7 @@ static void op_suppress(struct srv *s, ctl_conn *c, json_t *req)
 		: "added by operator");
 	j->conn = c;
 	ctl_conn_hold(c);
-	struct cm_job job = { supp_apply, supp_after, j };
+	struct cm_job job = { supp_apply, supp_after, j, NULL };
 	cm_job(s->cm, &job);
 }
 
@@ -1044,32 +1091,39 @@ static int list_cb(void *arg, uint64_t id, const struct q_msg *m)
 	return 0;
 }
 
+/* queue retry|delete, job_chunk due entries per transaction: the job
+ * walks the campaigns in id order and each one's due index from where the
+ * last committed chunk stopped. */
 struct qjob {
 	struct srv *s;
 	struct qfilter f;
 	bool delete;
 	ctl_conn *conn;
-	uint64_t n;
+	uint64_t n;                /* messages changed (committed chunks) */
+	uint64_t now;              /* retry: the new due time, fixed */
+	uint32_t at_cid;           /* committed position */
+	bool has_from;
+	struct q_due from;
+	uint32_t next_cid;         /* the chunk being applied */
+	bool next_has_from, more;
+	struct q_due next_from;
+	uint64_t chunk_n;
+	unsigned chunk;            /* [queue] job_chunk */
 };
 
 struct qjob_scan {
 	q_txn *t;
 	struct qjob *j;
-	buf_t *events;
 	int rc;
 	char *err;
 	size_t errlen;
 	struct q_due *due;
-	size_t ndue, cap;
+	size_t ndue;
 };
 
 static int qjob_collect(void *arg, const struct q_due *d)
 {
 	struct qjob_scan *x = arg;
-	if (x->ndue == x->cap) {
-		x->cap = x->cap ? x->cap * 2 : 1024;
-		x->due = mem_realloc(x->due, x->cap * sizeof *x->due);
-	}
 	x->due[x->ndue++] = *d;
 	return 0;
 }
@@ -1078,13 +1132,37 @@ static int qjob_campaign_each(void *arg, uint32_t cid, const char *js,
 	size_t len)
 {
 	struct qjob_scan *x = arg;
+	struct qjob *j = x->j;
 	(void)js;
 	(void)len;
-	if (x->j->f.cid >= 0 && cid != (uint32_t)x->j->f.cid)
+	if ((j->f.cid >= 0 && cid != (uint32_t)j->f.cid) || cid < j->at_cid)
 		return 0;
-	x->rc = q_due_scan(x->t, cid, NULL, UINT64_MAX, 0, qjob_collect, x,
-		NULL, x->err, x->errlen);
-	return x->rc < 0;
+	const struct q_due *from = cid == j->at_cid && j->has_from ? &j->from
+		: NULL;
+	x->rc = q_due_scan(x->t, cid, from, UINT64_MAX,
+		(unsigned)(j->chunk - x->ndue), qjob_collect, x, NULL, x->err,
+		x->errlen);
+	if (x->rc < 0)
+		return 1;
+	if (x->ndue == j->chunk) {
+		/* This chunk is full: the next one goes on after its last. */
+		j->more = true;
+		j->next_cid = cid;
+		j->next_has_from = true;
+		j->next_from = x->due[x->ndue - 1];
+		return 1;
+	}
+	return 0;
+}
+
+static void qjob_committed(void *arg)
+{
+	struct qjob *j = arg;
+	j->at_cid = j->next_cid;
+	j->has_from = j->next_has_from;
+	j->from = j->next_from;
+	j->n += j->chunk_n;
+	j->chunk_n = 0;
 }
 
 /* retry: matching queued messages become due now; delete: cancelled. */
@@ -1092,12 +1170,13 @@ static int qjob_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	size_t errlen)
 {
 	struct qjob *j = arg;
-	struct qjob_scan x = { .t = t, .j = j, .events = events, .err = err,
-		.errlen = errlen };
+	struct qjob_scan x = { .t = t, .j = j, .err = err, .errlen = errlen };
+	x.due = mem_alloc(j->chunk * sizeof *x.due);
+	j->more = false;
+	j->chunk_n = 0;
 	int rc = q_campaign_each(t, qjob_campaign_each, &x, err, errlen);
 	if (rc == 0 && x.rc < 0)
-		rc = -1;
-	uint64_t now = now_ms();
+		rc = x.rc;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	double tsd = (double)ts.tv_sec + ts.tv_nsec / 1e9;
@@ -1105,7 +1184,10 @@ static int qjob_apply(q_txn *t, void *arg, buf_t *events, char *err,
 		struct q_due *d = &x.due[i];
 		uint64_t id = q_id(d->cid, d->idx);
 		struct q_msg m;
-		if (q_msg_get(t, id, &m) != 1 || !qmatch(&j->f, id, &m) ||
+		/* (retry: an entry already moved by this job comes round again
+		 * when its new time is after where the walk is) */
+		if ((!j->delete && d->due_ms == j->now) ||
+		    q_msg_get(t, id, &m) != 1 || !qmatch(&j->f, id, &m) ||
 		    m.state != Q_QUEUED)
 			continue;
 		if ((rc = q_due_del(t, d, err, errlen)) != 0)
@@ -1127,16 +1209,16 @@ static int qjob_apply(q_txn *t, void *arg, buf_t *events, char *err,
 			evlog_format(events, tsd, &ev);
 		} else {
 			struct q_due nd = *d;
-			nd.due_ms = now;
-			m.due_ms = now;
+			nd.due_ms = j->now;
+			m.due_ms = j->now;
 			rc = q_due_put(t, &nd, err, errlen);
 		}
 		if (rc == 0)
 			rc = q_msg_put(t, id, &m, err, errlen);
-		j->n++;
+		j->chunk_n++;
 	}
 	free(x.due);
-	return rc;
+	return rc < 0 ? rc : rc ? -1 : j->more ? CM_MORE : 0;
 }
 
 static void qjob_after(void *arg, int rc, const char *err)
@@ -1233,8 +1315,10 @@ static void op_queue(struct srv *s, ctl_conn *c, json_t *req)
 	j->f = f;
 	j->delete = action[0] == 'd';
 	j->conn = c;
+	j->now = now_ms();
+	j->chunk = s->cf->job_chunk;
 	ctl_conn_hold(c);
-	struct cm_job job = { qjob_apply, qjob_after, j };
+	struct cm_job job = { qjob_apply, qjob_after, j, qjob_committed };
 	cm_job(s->cm, &job);
 }
 
@@ -1345,6 +1429,43 @@ static int load_cb(void *arg, uint32_t cid, const char *js, size_t len)
 	return 0;
 }
 
+static int stop_at_first(void *arg, const struct q_due *d)
+{
+	(void)d;
+	*(bool *)arg = true;
+	return 1;
+}
+
+static int contact_first(void *arg, uint32_t idx, const void *p, size_t len)
+{
+	(void)idx;
+	(void)p;
+	(void)len;
+	*(bool *)arg = true;
+	return 1;
+}
+
+/* A cancelled campaign with messages in the due index or contacts left:
+ * the engine stopped between two chunks of its cancellation. */
+static bool cancel_unfinished(struct srv *s, uint32_t cid)
+{
+	q_txn *t;
+	char err[256];
+	bool left = false;
+	int rc = q_begin(s->q, false, &t, err, sizeof err);
+	if (rc == 0) {
+		rc = q_due_scan(t, cid, NULL, UINT64_MAX, 1, stop_at_first, &left,
+			NULL, err, sizeof err);
+		if (rc >= 0 && !left)
+			rc = q_contact_scan(t, cid, 0, 1, contact_first, &left, err,
+				sizeof err);
+		q_abort(t);
+	}
+	if (rc < 0)
+		log_err("campaign %u: checking its cancellation: %s", cid, err);
+	return left;
+}
+
 static int recover(struct srv *s, char *err, size_t errlen)
 {
 	struct load_ctx x = { .s = s };
@@ -1371,6 +1492,21 @@ static int recover(struct srv *s, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < s->ncamps; i++) {
 		struct scamp *sc = s->camps[i];
+		if (strcmp(sc->state, "cancelled") == 0 &&
+		    cancel_unfinished(s, sc->cid)) {
+			/* Stopped in the middle of its cancellation: finish it. */
+			log_info("campaign %u: finishing its cancellation", sc->cid);
+			sc->removing = true;
+			struct state_job *j = mem_calloc(1, sizeof *j);
+			j->chunk = s->cf->job_chunk;
+			j->s = s;
+			j->cid = sc->cid;
+			snprintf(j->state, sizeof j->state, "cancelled");
+			struct cm_job job = { cancel_apply, state_after, j,
+				state_committed };
+			cm_job(s->cm, &job);
+			continue;
+		}
 		if (strcmp(sc->state, "ready") && strcmp(sc->state, "paused"))
 			continue;
 		log_info("campaign %u \"%s\": resuming, %" PRIu64 " of %" PRIu64

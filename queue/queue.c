@@ -677,19 +677,27 @@ int q_msg_each(q_txn *t, uint32_t cid,
 	return n < 0 ? n : 0;
 }
 
-int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *n, char *err,
-	size_t errlen)
+int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *pos,
+	unsigned max, uint64_t *n, char *err, size_t errlen)
 {
 	MDB_cursor *cur;
 	unsigned char k0[8];
 	MDB_val k = { 8, k0 }, v;
 	int rc;
+	unsigned seen = 0;
 	*n = 0;
-	id_key(k0, q_id(cid, 0));
+	uint64_t start = *pos > q_id(cid, 0) ? *pos : q_id(cid, 0);
+	if (q_id_cid(start) != cid)
+		return 0;
+	id_key(k0, start);
 	if ((rc = mdb_cursor_open(t->txn, t->q->dbi[T_MSGS], &cur)) != 0)
 		return q_rc(rc, err, errlen, "forget");
 	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	while (rc == 0 && k.mv_size == 8 && rd32(k.mv_data) == cid) {
+		if (max && seen == max)
+			break;
+		seen++;
+		*pos = rd64(k.mv_data) + 1;
 		if (v.mv_size > 0 && ((const unsigned char *)v.mv_data)[0] ==
 		    Q_DELIVERED) {
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
@@ -702,7 +710,7 @@ int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *n, char *err,
 	mdb_cursor_close(cur);
 	if (rc != 0 && rc != MDB_NOTFOUND)
 		return q_rc(rc, err, errlen, "forget");
-	return 0;
+	return rc == 0 && k.mv_size == 8 && rd32(k.mv_data) == cid ? 1 : 0;
 }
 
 int q_body_put(q_txn *t, uint64_t id, const void *p, size_t len, char *err,

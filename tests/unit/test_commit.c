@@ -222,11 +222,117 @@ static void test_full_mode(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* A job in chunks: each chunk its own transaction, committed() after each,
+ * after() once at the end; a failing chunk stops the job and leaves the
+ * chunks before it committed. */
+struct chunky {
+	struct ev_loop *loop;
+	uint32_t pos, next;         /* committed position, this chunk's end */
+	uint32_t end, fail_at;      /* fail_at: a chunk starting there fails */
+	int applies, commits, afters, rc;
+};
+
+static int chunky_apply(q_txn *t, void *arg, buf_t *events, char *e,
+	size_t elen)
+{
+	struct chunky *j = arg;
+	(void)events;
+	j->applies++;
+	if (j->fail_at && j->pos == j->fail_at) {
+		snprintf(e, elen, "chunk at %u refused", j->pos);
+		return -1;
+	}
+	j->next = j->pos + 1000 < j->end ? j->pos + 1000 : j->end;
+	for (uint32_t i = j->pos; i < j->next; i++) {
+		struct q_msg m = { .state = Q_QUEUED };
+		if (q_msg_put(t, q_id(3, i), &m, e, elen))
+			return -1;
+	}
+	return j->next < j->end ? CM_MORE : 0;
+}
+
+static void chunky_committed(void *arg)
+{
+	struct chunky *j = arg;
+	j->pos = j->next;
+	j->commits++;
+}
+
+static void chunky_after(void *arg, int rc, const char *e)
+{
+	struct chunky *j = arg;
+	(void)e;
+	j->afters++;
+	j->rc = rc;
+	ev_break(j->loop, EVBREAK_ALL);
+}
+
+static int count_msg(void *arg, uint64_t id, const struct q_msg *m)
+{
+	(void)id;
+	(void)m;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static void test_chunked_job(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	struct q_config qc = { dir, 1 << 24, 0, Q_SYNC_GROUP };
+	q_env *q;
+	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	evlog *ev = evlog_open("", err, sizeof err);
+	struct ctx c = { .loop = ev_loop_new(EVFLAG_AUTO) };
+	struct cm_ops ops = { done_cb };
+	cm *com = cm_new(q, ev, c.loop, 5, &ops, &c, err, sizeof err);
+
+	struct chunky a = { .loop = c.loop, .end = 2500 };
+	struct cm_job job = { chunky_apply, chunky_after, &a, chunky_committed };
+	cm_job(com, &job);
+	run(&c);
+	assert_int_equal(a.afters, 1);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(a.applies, 3);       /* 1000 + 1000 + 500 */
+	assert_int_equal(a.commits, 3);
+	int n = 0;
+	q_txn *t;
+	assert_int_equal(q_begin(q, false, &t, err, sizeof err), 0);
+	assert_int_equal(q_msg_each(t, 3, count_msg, &n, err, sizeof err), 0);
+	q_abort(t);
+	assert_int_equal(n, 2500);
+
+	/* The second chunk fails: the first stays, after() gets the error. */
+	struct chunky b = { .loop = c.loop, .pos = 5000, .end = 8000,
+		.fail_at = 6000 };
+	struct cm_job job2 = { chunky_apply, chunky_after, &b, chunky_committed };
+	cm_job(com, &job2);
+	run(&c);
+	assert_int_equal(b.afters, 1);
+	assert_int_equal(b.rc, -1);
+	assert_int_equal(b.commits, 1);
+	n = 0;
+	assert_int_equal(q_begin(q, false, &t, err, sizeof err), 0);
+	assert_int_equal(q_msg_each(t, 3, count_msg, &n, err, sizeof err), 0);
+	q_abort(t);
+	assert_int_equal(n, 3500);
+
+	cm_free(com);
+	evlog_close(ev);
+	q_close(q);
+	ev_loop_destroy(c.loop);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_outcomes),
 		cmocka_unit_test(test_full_mode),
+		cmocka_unit_test(test_chunked_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

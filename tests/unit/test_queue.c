@@ -301,9 +301,27 @@ static void test_forget_delivered(void **state)
 	}
 	struct q_msg m = { .state = Q_DELIVERED };
 	assert_int_equal(q_msg_put(t, q_id(10, 0), &m, err, sizeof err), 0);
-	uint64_t n;
-	assert_int_equal(q_msg_forget_delivered(t, 9, &n, err, sizeof err), 0);
-	assert_int_equal(n, 2000);
+	assert_int_equal(q_commit(t, err, sizeof err), 0);
+	/* In chunks of 700 records, each its own transaction. */
+	uint64_t pos = 0, n, total = 0;
+	int more, chunks = 0;
+	do {
+		t = wtxn(q);
+		more = q_msg_forget_delivered(t, 9, &pos, 700, &n, err,
+			sizeof err);
+		assert_true(more >= 0);
+		assert_true(n <= 700);
+		total += n;
+		chunks++;
+		assert_int_equal(q_commit(t, err, sizeof err), 0);
+	} while (more == 1);
+	assert_int_equal(total, 2000);
+	assert_int_equal(chunks, 5);     /* 3000 records / 700 */
+	t = wtxn(q);
+	pos = 0;   /* a second pass finds nothing more to forget */
+	assert_int_equal(q_msg_forget_delivered(t, 9, &pos, 0, &n, err,
+		sizeof err), 0);
+	assert_int_equal(n, 0);
 	struct q_msg o;
 	for (uint32_t i = 0; i < 3000; i++)
 		assert_int_equal(q_msg_get(t, q_id(9, i), &o), i % 3 ? 0 : 1);
