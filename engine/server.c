@@ -168,6 +168,7 @@ struct intake {
 	size_t *pendlen;
 	size_t npend;
 	const char *path;
+	unsigned chunk;            /* [queue] job_chunk, for a purge */
 
 	/* result */
 	int rc;
@@ -175,6 +176,33 @@ struct intake {
 	char err[512];
 	char where[512];
 };
+
+/* Remove a half-accepted campaign, `chunk` records per transaction (a
+ * million contacts in one would leave the engine's memory at its dirty
+ * pages' size: commit.h). The campaign record goes last. */
+static int purge_campaign(q_env *q, uint32_t cid, unsigned chunk, char *err,
+	size_t errlen)
+{
+	int more = 1, failures = 0;
+	while (more == 1) {
+		q_txn *t;
+		int rc = q_begin(q, true, &t, err, errlen);
+		if (rc == 0) {
+			more = q_campaign_purge(t, cid, chunk, err, errlen);
+			rc = more < 0 ? more : q_commit(t, err, errlen);
+			if (more < 0)
+				q_abort(t);
+		}
+		if (rc == Q_EFULL && q_grow(q, err, errlen) == 0)
+			rc = 0, more = 1;
+		if (rc != 0) {
+			if (++failures == 3)
+				return -1;
+			more = 1;
+		}
+	}
+	return 0;
+}
 
 static int intake_flush(struct intake *in, bool final)
 {
@@ -357,19 +385,11 @@ out:
 	in->pend = NULL;
 	in->npend = 0;
 	if (in->rc != 0 && in->cid) {
-		/* Nothing half-accepted stays behind. */
+		/* Nothing half-accepted stays behind (if this fails, the
+		 * campaign stays "accepting" and the next start purges it). */
 		char e2[256];
-		for (int attempt = 0; attempt < 3; attempt++) {
-			if (q_begin(s->q, true, &t, e2, sizeof e2) == 0 &&
-			    q_campaign_purge(t, in->cid, e2, sizeof e2) == 0 &&
-			    q_commit(t, e2, sizeof e2) == 0) {
-				t = NULL;
-				break;
-			}
-			q_abort(t);
-			t = NULL;
+		if (purge_campaign(s->q, in->cid, in->chunk, e2, sizeof e2))
 			log_err("intake: purging campaign %u: %s", in->cid, e2);
-		}
 	}
 	pthread_mutex_lock(&s->mu);
 	in->done_next = s->intake_done;
@@ -625,6 +645,7 @@ static void op_submit(struct srv *s, ctl_conn *c, json_t *req)
 		return;
 	}
 	struct intake *in = mem_calloc(1, sizeof *in);
+	in->chunk = s->cf->job_chunk;
 	in->s = s;
 	in->conn = c;
 	ctl_conn_hold(c);
@@ -1482,12 +1503,10 @@ static int recover(struct srv *s, char *err, size_t errlen)
 	if (rc)
 		return -1;
 	for (size_t i = 0; i < x.npurge; i++) {
-		q_txn *t;
 		log_info("campaign %u was being accepted when the engine stopped: "
 			"removed (the submitter got no \"ok\")", x.purge[i]);
-		if (q_begin(s->q, true, &t, err, errlen) ||
-		    q_campaign_purge(t, x.purge[i], err, errlen) ||
-		    q_commit(t, err, errlen))
+		if (purge_campaign(s->q, x.purge[i], s->cf->job_chunk, err,
+		    errlen))
 			return -1;
 	}
 	for (size_t i = 0; i < s->ncamps; i++) {

@@ -445,15 +445,21 @@ int q_campaign_each(q_txn *t,
 	return n < 0 ? n : 0;
 }
 
-int q_campaign_purge(q_txn *t, uint32_t cid, char *err, size_t errlen)
+int q_campaign_purge(q_txn *t, uint32_t cid, unsigned max, char *err,
+	size_t errlen)
 {
 	static const int tables[] = { T_CONTACTS, T_MSGS, T_BODIES, T_DUE };
+	unsigned left = max;
 	for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
-		int n = range(t, tables[i], false, cid, NULL, 0, true, 0, NULL,
+		int n = range(t, tables[i], false, cid, NULL, 0, true, left, NULL,
 			NULL, err, errlen);
 		if (n < 0)
 			return n;
+		if (max && (left -= (unsigned)n) == 0)
+			return 1;
 	}
+	if (q_dict_del(t, cid, err, errlen))
+		return -1;
 	unsigned char k[4];
 	be32(k, cid);
 	int rc = del(t, T_COUNTERS, k, 4, err, errlen);

@@ -88,8 +88,12 @@ int q_campaign_each(q_txn *t,
 	int (*cb)(void *arg, uint32_t cid, const char *json, size_t len),
 	void *arg, char *err, size_t errlen);
 /* Remove a campaign and everything it owns (contacts, msgs, bodies, due,
- * counters). Used to undo a half-accepted submission. */
-int q_campaign_purge(q_txn *t, uint32_t cid, char *err, size_t errlen);
+ * counters). Used to undo a half-accepted submission. At most `max`
+ * records per call (0 = all), so that each transaction stays small:
+ * returns 1 when there is more (call again in a new transaction), 0 when
+ * the campaign is gone (its record goes last), -1 on error. */
+int q_campaign_purge(q_txn *t, uint32_t cid, unsigned max, char *err,
+	size_t errlen);
 
 /* ---- counters ---- */
 struct q_counters {
