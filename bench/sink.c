@@ -91,6 +91,7 @@ struct listener {
 	/* counters */
 	uint64_t messages, recipients, rcpt_deferred, rcpt_bounced, rejected;
 	uint64_t conn_total, conn_refused;
+	uint64_t conn_quit;      /* sessions the client ended with QUIT */
 	unsigned conn_current, conn_peak;
 	uint64_t tls_handshakes, tls_resumed, tls_failed;
 	uint64_t bytes;
@@ -362,7 +363,7 @@ stats_write(struct sink *s)
 		fprintf(f, ",\"messages\":%llu,\"recipients\":%llu,\"bytes\":%llu,"
 		    "\"rcpt_deferred\":%llu,\"rcpt_bounced\":%llu,\"rejected\":%llu,"
 		    "\"connections\":{\"total\":%llu,\"current\":%u,\"peak\":%u,"
-		    "\"refused_maxconn\":%llu},"
+		    "\"refused_maxconn\":%llu,\"quit\":%llu},"
 		    "\"tls\":{\"handshakes\":%llu,\"resumed\":%llu,\"failed\":%llu},"
 		    "\"domains\":{",
 		    (unsigned long long)l->messages, (unsigned long long)l->recipients,
@@ -371,6 +372,7 @@ stats_write(struct sink *s)
 		    (unsigned long long)l->rejected,
 		    (unsigned long long)l->conn_total, l->conn_current, l->conn_peak,
 		    (unsigned long long)l->conn_refused,
+		    (unsigned long long)l->conn_quit,
 		    (unsigned long long)l->tls_handshakes, (unsigned long long)l->tls_resumed,
 		    (unsigned long long)l->tls_failed);
 		int first = 1;
@@ -713,6 +715,7 @@ cmd_line(struct conn *c, char *line)
 	else if (IS("HELP"))
 		reply(c, "214 2.0.0 carteiro-sink");
 	else if (IS("QUIT")) {
+		c->l->conn_quit++;
 		reply(c, "221 2.0.0 Bye");
 		conn_set_state(c, CS_CLOSING);
 	} else if (IS("STARTTLS")) {

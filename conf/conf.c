@@ -632,6 +632,9 @@ cf_free(struct cf *c)
 	for (size_t i = 0; i < c->nrules; i++)
 		free(c->rules[i].pattern);
 	free(c->rules);
+	for (size_t i = 0; i < c->noverrides; i++)
+		free(c->overrides[i]);
+	free(c->overrides);
 	memset(c, 0, sizeof *c);
 }
 
@@ -1110,7 +1113,24 @@ cf_override(struct cf *c, const char *assignment, char *err, size_t errlen)
 	buf_printf(&b, "[%.*s]\n%.*s = %s\n", (int)(dot - assignment), assignment,
 	    (int)(eq - dot - 1), dot + 1, eq + 1);
 	char *text = buf_steal(&b, NULL);
-	return load_text(c, "-o", text, err, errlen);
+	if (load_text(c, "-o", text, err, errlen) < 0)
+		return -1;
+	c->overrides = mem_realloc(c->overrides, (c->noverrides + 1) *
+	    sizeof *c->overrides);
+	c->overrides[c->noverrides++] = mem_strdup(assignment);
+	return 0;
+}
+
+int
+cf_reload(const struct cf *old, struct cf *n, char *err, size_t errlen)
+{
+	cf_init(n);
+	if (old->file && cf_load(n, old->file, err, errlen) < 0)
+		return -1;
+	for (size_t i = 0; i < old->noverrides; i++)
+		if (cf_override(n, old->overrides[i], err, errlen) < 0)
+			return -1;
+	return 0;
 }
 
 /* Parse `text` (consumed) as an INI document named `path` into c. */

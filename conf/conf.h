@@ -66,6 +66,8 @@ struct cf_site {
 
 struct cf {
 	char *file;              /* the file loaded, NULL for embedded defaults */
+	char **overrides;        /* the -o assignments applied, in order */
+	size_t noverrides;
 
 	/* [engine] */
 	char *hostname;
@@ -167,6 +169,12 @@ int cf_load(struct cf *c, const char *path, char *err, size_t errlen);
  * errors are reported as "-o:2: ...".
  */
 int cf_override(struct cf *c, const char *assignment, char *err, size_t errlen);
+/*
+ * A reload: `n` gets the embedded defaults, `old`'s file read again, then
+ * `old`'s -o overrides (they outlive reloads, as on the command line).
+ * On error n must be cf_free()d and `old` is untouched.
+ */
+int cf_reload(const struct cf *old, struct cf *n, char *err, size_t errlen);
 /* Checks that need the whole file (e.g. dkim keys named but no domain). */
 int cf_validate(const struct cf *c, char *err, size_t errlen);
 void cf_free(struct cf *c);

@@ -58,7 +58,9 @@ struct srv {
 	rd_pool *rd;
 	dl *dl;
 	ctl *ctl;
-	struct rd_env env;
+	struct rd_env env;         /* read by the render threads */
+	char *hostname;            /* env's strings: ours, not the config's */
+	char *bounce_domain;       /* (a reload frees the old configuration) */
 	dkim_signer *signers[2];
 	unsigned char unsub_key[32];
 	uint64_t started_ms;
@@ -1345,6 +1347,69 @@ static void op_queue(struct srv *s, ctl_conn *c, json_t *req)
 
 static void begin_stop(struct srv *s);
 
+/* The host name: the configured one, else the machine's. */
+static void default_hostname(struct cf *cf)
+{
+	if (!cf->hostname || !*cf->hostname) {
+		char h[256] = "localhost";
+		gethostname(h, sizeof h - 1);
+		free(cf->hostname);
+		cf->hostname = mem_strdup(h);
+	}
+}
+
+static bool str_changed(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+/*
+ * `config reload` and SIGHUP: the file again (with the command line's -o
+ * overrides), all or nothing. New limits apply to sites and new sessions
+ * at once (dl_reconfigure); what the process was built with at start —
+ * spool, socket, event log, threads, sync mode, host name, VERP domain,
+ * DKIM keys — is kept, with a warning when the file changed it.
+ */
+static int reload(struct srv *s, char *err, size_t errlen)
+{
+	struct cf *n = mem_calloc(1, sizeof *n);
+	if (cf_reload(s->cf, n, err, errlen) < 0) {
+		log_err("reload refused, old settings kept: %s", err);
+		cf_free(n);
+		free(n);
+		return -1;
+	}
+	default_hostname(n);
+	const struct cf *o = s->cf;
+	struct { const char *key, *was, *now; } fixed[] = {
+		{ "[engine] spool", o->spool, n->spool },
+		{ "[engine] socket", o->socket, n->socket },
+		{ "[engine] event_log", o->event_log, n->event_log },
+		{ "[engine] hostname", o->hostname, n->hostname },
+		{ "[engine] bounce_domain", o->bounce_domain, n->bounce_domain },
+		{ "[dkim] domain", o->dkim_domain, n->dkim_domain },
+		{ "[dkim] selector", o->dkim_selector, n->dkim_selector },
+		{ "[dkim] key", o->dkim_key, n->dkim_key },
+		{ "[dkim] selector2", o->dkim_selector2, n->dkim_selector2 },
+		{ "[dkim] key2", o->dkim_key2, n->dkim_key2 },
+	};
+	for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+		if (str_changed(fixed[i].was, fixed[i].now))
+			log_warn("reload: %s changes apply after a restart",
+				fixed[i].key);
+	if (o->sync != n->sync || o->render_threads != n->render_threads ||
+	    o->map_size != n->map_size || o->group_window_ms !=
+	    n->group_window_ms)
+		log_warn("reload: [queue] sync, map_size, group_window and "
+			"[engine] render_threads changes apply after a restart");
+	dl_reconfigure(s->dl, n);
+	cf_free(s->cf);
+	free(s->cf);
+	s->cf = n;
+	log_info("configuration reloaded from %s", n->file);
+	return 0;
+}
+
 static void op_config(struct srv *s, ctl_conn *c, json_t *req)
 {
 	const char *action = json_string_value(json_object_get(req, "action"));
@@ -1362,21 +1427,11 @@ static void op_config(struct srv *s, ctl_conn *c, json_t *req)
 				"(no -c FILE): nothing to reload", NULL);
 			return;
 		}
-		struct cf *n = mem_calloc(1, sizeof *n);
-		cf_init(n);
-		if (cf_load(n, s->cf->file, err, sizeof err) < 0) {
-			cf_free(n);
-			free(n);
+		if (reload(s, err, sizeof err) < 0) {
 			ctl_error(c, "config", err, NULL);
-			log_warn("reload refused: %s", err);
 			return;
 		}
-		dl_reconfigure(s->dl, n);
-		cf_free(s->cf);
-		free(s->cf);
-		s->cf = n;
-		log_info("configuration reloaded from %s", n->file);
-		ctl_reply(c, json_pack("{ss}", "reloaded", n->file));
+		ctl_reply(c, json_pack("{ss}", "reloaded", s->cf->file));
 		return;
 	}
 	ctl_error(c, "bad_request", "config action is show or reload", "action");
@@ -1573,19 +1628,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 			return;
 		}
 		char err[512];
-		struct cf *n = mem_calloc(1, sizeof *n);
-		cf_init(n);
-		if (cf_load(n, s->cf->file, err, sizeof err) < 0) {
-			log_err("reload refused, old settings kept: %s", err);
-			cf_free(n);
-			free(n);
-			return;
-		}
-		dl_reconfigure(s->dl, n);
-		cf_free(s->cf);
-		free(s->cf);
-		s->cf = n;
-		log_info("configuration reloaded from %s", n->file);
+		reload(s, err, sizeof err);
 		return;
 	}
 	if (s->stopping) {
@@ -1646,8 +1689,11 @@ static int load_keys(struct srv *s, char *err, size_t errlen)
 	}
 	s->env.unsub_key = s->unsub_key;
 	s->env.unsub_keylen = sizeof s->unsub_key;
-	s->env.hostname = cf->hostname;
-	s->env.bounce_domain = cf->bounce_domain;
+	s->hostname = mem_strdup(cf->hostname);
+	s->bounce_domain = mem_strdup(cf->bounce_domain ? cf->bounce_domain :
+		"");
+	s->env.hostname = s->hostname;
+	s->env.bounce_domain = s->bounce_domain;
 	return 0;
 }
 
@@ -1662,12 +1708,7 @@ int srv_run(struct cf *cf)
 	pthread_mutex_init(&s->mu, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	if (!cf->hostname || !*cf->hostname) {
-		char h[256] = "localhost";
-		gethostname(h, sizeof h - 1);
-		free(cf->hostname);
-		cf->hostname = mem_strdup(h);
-	}
+	default_hostname(cf);
 	int lvl = log_level_parse(cf->log_level);
 	if (lvl >= 0)
 		log_set_level((enum log_level)lvl);
@@ -1750,6 +1791,8 @@ out:
 	pthread_mutex_destroy(&s->mu);
 	cf_free(s->cf);
 	free(s->cf);
+	free(s->hostname);
+	free(s->bounce_domain);
 	free(s);
 	return status;
 }

@@ -304,8 +304,16 @@ max_messages_per_connection = 1
               ts[-1] - ts[0] >= 2.4, f"{st['connections']} "
               f"{ts[-1] - ts[0]:.2f} s")
 
-        # 7. Live reload: a new rate applies; a bad file is refused with
-        #    FILE:LINE and the old settings stay.
+        # 7. Live reload, while a campaign is in flight: a new rate
+        #    applies; a bad file is refused with FILE:LINE and the old
+        #    settings stay (command and SIGHUP); no session is dropped, no
+        #    message lost or deferred.
+        conn0 = sink_stats()[MX["rated"]]["connections"]
+        lr = campaign("reload", [f"l{i}@rated.test" for i in range(80)])
+        wait_until("reload campaign in flight", lambda: sites().get(
+            "rated", {}).get("connections", 0) > 0 and e.req(
+            {"op": "status", "id": lr})["campaigns"][0]["delivered"] > 0,
+            60)
         with open(e.conf) as f:
             text = f.read()
         with open(e.conf, "w") as f:
@@ -322,6 +330,27 @@ max_messages_per_connection = 1
               r.returncode != 0 and f"{e.conf}:" in out and "rate" in out, out)
         check("reload: the old settings stay",
               sites()["rated"]["configured_rate"] == "10/s")
+        e.proc.send_signal(signal.SIGHUP)       # the bad file still
+        with open(e.conf, "w") as f:
+            f.write(text.replace("rate = 20/s", "rate = 30/s"))
+        e.proc.send_signal(signal.SIGHUP)
+        wait_until("SIGHUP applied", lambda: sites()["rated"][
+            "configured_rate"] == "30/s", 30)
+        log = w.log("engine")
+        check("SIGHUP: a bad file is refused with FILE:LINE, a good one "
+              "applied", "reload refused, old settings kept: " + e.conf
+              in log and "configuration reloaded from" in log, log[-1500:])
+        c = e.wait_done(lr, 120)
+        check("reload in flight: every message delivered, none deferred",
+              c["delivered"] == 80 and c["deferrals"] == 0 and
+              c["failed"] == 0 and c["bounced"] == 0, json.dumps(c))
+        wait_until("sessions closed", lambda: sink_stats()[MX["rated"]][
+            "connections"]["current"] == 0, 30)
+        conn1 = sink_stats()[MX["rated"]]["connections"]
+        opened = conn1["total"] - conn0["total"]
+        quit_ = conn1["quit"] - conn0["quit"]
+        check("reload in flight: no session dropped (each ended with QUIT)",
+              opened > 0 and quit_ == opened, f"{opened} opened, {quit_} QUIT")
     finally:
         w.close()
     print(f"{'FAIL' if failures else 'PASS'}: {failures} failed")

@@ -392,6 +392,47 @@ test_overrides(void **state)
 	cf_free(&c);
 }
 
+static void
+rewrite(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_int_equal(fputs(text, f) >= 0, 1);
+	fclose(f);
+}
+
+/* A reload reads the file again and re-applies the -o overrides; a bad
+ * file leaves the old configuration as it was. */
+static void
+test_reload(void **state)
+{
+	(void)state;
+	struct cf c, n;
+	char err[512];
+	char *path = write_tmp("[smtp]\ntls = required\n[queue]\n"
+	    "job_chunk = 500\n");
+	cf_init(&c);
+	assert_int_equal(cf_load(&c, path, err, sizeof err), 0);
+	assert_int_equal(cf_override(&c, "smtp.tls=none", err, sizeof err), 0);
+	assert_int_equal(c.noverrides, 1);
+	rewrite(path, "[smtp]\ntls = required\n[queue]\njob_chunk = 700\n");
+	assert_int_equal(cf_reload(&c, &n, err, sizeof err), 0);
+	assert_int_equal(n.job_chunk, 700);          /* the file's new value */
+	assert_int_equal(n.tls, CF_TLS_NONE);        /* the override still wins */
+	assert_int_equal(n.noverrides, 1);
+	cf_free(&n);
+	rewrite(path, "[smtp]\ntls = required\n[queue]\njob_chunk = lots\n");
+	assert_int_equal(cf_reload(&c, &n, err, sizeof err), -1);
+	char where[600];
+	snprintf(where, sizeof where, "%s:4: [queue] job_chunk", path);
+	assert_non_null(strstr(err, where));
+	cf_free(&n);
+	assert_int_equal(c.job_chunk, 500);          /* old settings untouched */
+	unlink(path);
+	free(path);
+	cf_free(&c);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -406,6 +447,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_sample_matches_defaults),
 		cmocka_unit_test(test_show_roundtrip),
 		cmocka_unit_test(test_overrides),
+		cmocka_unit_test(test_reload),
 		cmocka_unit_test(test_shaping_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
