@@ -520,7 +520,7 @@ static int state_apply(q_txn *t, void *arg, buf_t *events, char *err,
 		int more = q_msg_forget_delivered(t, j->cid, &j->pos_next,
 			j->chunk, &j->chunk_n, err, errlen);
 		if (more < 0)
-			return -1;
+			return more;     /* Q_EFULL included: grown, retried */
 		if (more)
 			return CM_MORE;
 	}
