@@ -491,6 +491,7 @@ struct state_job {
 	uint64_t n;                /* messages affected (committed chunks) */
 	uint64_t chunk_n;          /* … in the chunk being applied */
 	uint64_t pos, pos_next;    /* done: message id to go on from */
+	int phase, phase_next;     /* cancel: 0 waiting messages, 1 standby */
 	unsigned chunk;            /* [queue] job_chunk */
 };
 
@@ -498,6 +499,7 @@ static void state_committed(void *arg)
 {
 	struct state_job *j = arg;
 	j->pos = j->pos_next;
+	j->phase = j->phase_next;
 	j->n += j->chunk_n;
 	j->chunk_n = 0;
 }
@@ -511,14 +513,17 @@ static int state_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	j->chunk_n = 0;
 	if (done) {
 		/* A finished campaign keeps the records of what did not arrive
-		 * (bounce report, queue show) and forgets the delivered ones,
-		 * so campaign after campaign does not grow the spool. In
+		 * (bounce report, queue show) and forgets the delivered ones
+		 * and the WhatsApp messages left on standby (their e-mail
+		 * arrived), so campaign after campaign does not grow the
+		 * spool. In
 		 * chunks; the state is recorded with the last one (a restart
 		 * before it finds the campaign ready with nothing left to send,
 		 * and finishes it again). */
 		j->pos_next = j->pos;
-		int more = q_msg_forget_delivered(t, j->cid, &j->pos_next,
-			j->chunk, &j->chunk_n, err, errlen);
+		int more = q_msg_forget(t, j->cid, Q_FORGET_DELIVERED |
+			Q_FORGET_STANDBY, &j->pos_next, j->chunk, &j->chunk_n, err,
+			errlen);
 		if (more < 0)
 			return more;     /* Q_EFULL included: grown, retried */
 		if (more)
@@ -793,9 +798,11 @@ static void op_status(struct srv *s, ctl_conn *c, json_t *req)
 }
 
 /* cancel: every waiting message and contact of the campaign is cancelled,
- * job_chunk of them per transaction. The state is recorded with the first
- * chunk: a restart in the middle finds the campaign cancelled with
- * messages or contacts left and finishes the job (recover()). */
+ * job_chunk of them per transaction, then its WhatsApp messages on standby
+ * are forgotten and its dictionary deleted. The state is recorded with
+ * the first chunk: a restart in the middle finds the campaign cancelled
+ * with messages, contacts or its dictionary left and finishes the job
+ * (recover()). */
 struct cancel_ctx {
 	struct q_due *due;
 	size_t n, cap;
@@ -823,6 +830,23 @@ static int collect_contact(void *arg, uint32_t idx, const void *p, size_t len)
 	return 0;
 }
 
+static int cancel_finish(q_txn *t, struct state_job *j, buf_t *events,
+	char *err, size_t errlen)
+{
+	int rc = q_dict_del(t, j->cid, err, errlen);
+	if (rc == 0) {
+		struct evlog_event ev = { .event = "campaign_cancelled",
+			.campaign = j->cid, .ms = -1 };
+		char extra[64];
+		snprintf(extra, sizeof extra, "\"messages\":%" PRIu64, j->n);
+		ev.extra = extra;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		evlog_format(events, (double)ts.tv_sec + ts.tv_nsec / 1e9, &ev);
+	}
+	return rc;
+}
+
 static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	size_t errlen)
 {
@@ -830,6 +854,19 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	struct cancel_ctx x = { 0 };
 	uint64_t n = 0, wa_cancelled = 0;
 	j->chunk_n = 0;
+	j->phase_next = j->phase;
+	j->pos_next = j->pos;
+	if (j->phase == 1) {
+		/* Last: the WhatsApp messages on standby, never needed now. */
+		uint64_t gone;
+		int more = q_msg_forget(t, j->cid, Q_FORGET_STANDBY, &j->pos_next,
+			j->chunk, &gone, err, errlen);
+		if (more < 0)
+			return more;
+		if (more)
+			return CM_MORE;
+		return cancel_finish(t, j, events, err, errlen);
+	}
 	int rc = set_state(t, j->cid, "cancelled", 0, err, errlen);
 	if (rc == 0)
 		rc = q_due_scan(t, j->cid, NULL, UINT64_MAX, j->chunk,
@@ -873,21 +910,10 @@ static int cancel_apply(q_txn *t, void *arg, buf_t *events, char *err,
 		d.wa_failed = wa_cancelled;
 		rc = q_counters_add(t, j->cid, &d, err, errlen);
 	}
-	if (rc == 0 && !more)
-		rc = q_dict_del(t, j->cid, err, errlen);
 	j->chunk_n = n + x.nidx;
-	if (rc == 0 && !more) {
-		struct evlog_event ev = { .event = "campaign_cancelled",
-			.campaign = j->cid, .ms = -1 };
-		char extra[64];
-		snprintf(extra, sizeof extra, "\"messages\":%" PRIu64,
-			j->n + j->chunk_n);
-		ev.extra = extra;
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		evlog_format(events, (double)ts.tv_sec + ts.tv_nsec / 1e9, &ev);
-	}
-	return rc < 0 ? rc : more ? CM_MORE : 0;
+	if (rc == 0 && !more)
+		j->phase_next = 1;   /* then the standby ones */
+	return rc < 0 ? rc : CM_MORE;
 }
 
 static void op_campaign_state(struct srv *s, ctl_conn *c, json_t *req,
@@ -1521,8 +1547,9 @@ static int contact_first(void *arg, uint32_t idx, const void *p, size_t len)
 	return 1;
 }
 
-/* A cancelled campaign with messages in the due index or contacts left:
- * the engine stopped between two chunks of its cancellation. */
+/* A cancelled campaign with messages in the due index, contacts or its
+ * dictionary left: the engine stopped between two chunks of its
+ * cancellation. */
 static bool cancel_unfinished(struct srv *s, uint32_t cid)
 {
 	q_txn *t;
@@ -1535,6 +1562,11 @@ static bool cancel_unfinished(struct srv *s, uint32_t cid)
 		if (rc >= 0 && !left)
 			rc = q_contact_scan(t, cid, 0, 1, contact_first, &left, err,
 				sizeof err);
+		/* The dictionary goes with the job's last step. */
+		const void *dp;
+		size_t dlen;
+		if (rc >= 0 && !left)
+			left = q_dict_get(t, cid, &dp, &dlen) == 1;
 		q_abort(t);
 	}
 	if (rc < 0)

@@ -683,7 +683,7 @@ int q_msg_each(q_txn *t, uint32_t cid,
 	return n < 0 ? n : 0;
 }
 
-int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *pos,
+int q_msg_forget(q_txn *t, uint32_t cid, unsigned what, uint64_t *pos,
 	unsigned max, uint64_t *n, char *err, size_t errlen)
 {
 	MDB_cursor *cur;
@@ -703,9 +703,19 @@ int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *pos,
 		if (max && seen == max)
 			break;
 		seen++;
-		*pos = rd64(k.mv_data) + 1;
-		if (v.mv_size > 0 && ((const unsigned char *)v.mv_data)[0] ==
-		    Q_DELIVERED) {
+		uint64_t id = rd64(k.mv_data);
+		*pos = id + 1;
+		int st = v.mv_size > 0 ? ((const unsigned char *)v.mv_data)[0] : 0;
+		if ((st == Q_DELIVERED && (what & Q_FORGET_DELIVERED)) ||
+		    (st == Q_STANDBY && (what & Q_FORGET_STANDBY))) {
+			if (st == Q_STANDBY) {
+				unsigned char bk[8];
+				id_key(bk, id);
+				MDB_val b = { 8, bk };
+				rc = mdb_del(t->txn, t->q->dbi[T_BODIES], &b, NULL);
+				if (rc != 0 && rc != MDB_NOTFOUND)
+					break;
+			}
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
 				break;
 			(*n)++;

@@ -169,12 +169,17 @@ struct q_msg {
 int q_msg_put(q_txn *t, uint64_t id, const struct q_msg *m, char *err,
 	size_t errlen);
 int q_msg_get(q_txn *t, uint64_t id, struct q_msg *out);
-/* Forget the records of delivered messages of a finished campaign (the
- * event log keeps their history; counters stay), in chunks: at most `max`
- * records of cid from message id *pos on are looked at (0 = no limit),
- * *n counts the ones forgotten, *pos moves past the last one looked at.
- * Returns 1 when the campaign may have more, 0 at its end, -1 on error. */
-int q_msg_forget_delivered(q_txn *t, uint32_t cid, uint64_t *pos,
+/* Forget records of a finished campaign (the event log keeps their
+ * history; counters stay): Q_FORGET_DELIVERED the delivered messages,
+ * Q_FORGET_STANDBY the WhatsApp messages left on standby (their e-mail
+ * arrived, or the campaign was cancelled) with their bodies. In chunks: at
+ * most `max` records of cid from message id *pos on are looked at (0 = no
+ * limit), *n counts the ones forgotten, *pos moves past the last one
+ * looked at. Returns 1 when the campaign may have more, 0 at its end, -1
+ * on error. */
+#define Q_FORGET_DELIVERED 1u
+#define Q_FORGET_STANDBY   2u
+int q_msg_forget(q_txn *t, uint32_t cid, unsigned what, uint64_t *pos,
 	unsigned max, uint64_t *n, char *err, size_t errlen);
 /* Every message of `cid` (or of all campaigns when cid == 0) in id order. */
 int q_msg_each(q_txn *t, uint32_t cid,

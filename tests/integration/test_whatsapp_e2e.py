@@ -151,6 +151,17 @@ rate = 0
               len(nophone) == 1, json.dumps(nophone))
         check("fallback: counts", st["whatsapp"]["sent"] == 3 and
               st["whatsapp"]["failed"] == 2, json.dumps(st))
+        # The delivered contact's WhatsApp message waited on standby; the
+        # finished campaign forgets it and frees its body.
+        def standby():
+            return e.req({"op": "queue", "action": "list", "campaign": cid2,
+                          "state": "standby"})["matched"]
+        try:
+            wait_until("standby forgotten", lambda: standby() == 0, 30, 0.05)
+        except TimeoutError:
+            pass
+        check("fallback: no WhatsApp left on standby once the campaign is "
+              "done", standby() == 0)
 
         # only
         only = [(f"o{i}@ok.wa.test", f"+55119000001{i:02d}", f"Hugo {i}")

@@ -310,14 +310,21 @@ static void test_forget_delivered(void **state)
 	}
 	struct q_msg m = { .state = Q_DELIVERED };
 	assert_int_equal(q_msg_put(t, q_id(10, 0), &m, err, sizeof err), 0);
+	/* WhatsApp messages on standby (with bodies) for ten contacts. */
+	for (uint32_t i = 0; i < 10; i++) {
+		struct q_msg w = { .state = Q_STANDBY };
+		uint64_t wid = q_id(9, i | Q_WA_BIT);
+		assert_int_equal(q_msg_put(t, wid, &w, err, sizeof err), 0);
+		assert_int_equal(q_body_put(t, wid, "{}", 2, err, sizeof err), 0);
+	}
 	assert_int_equal(q_commit(t, err, sizeof err), 0);
 	/* In chunks of 700 records, each its own transaction. */
 	uint64_t pos = 0, n, total = 0;
 	int more, chunks = 0;
 	do {
 		t = wtxn(q);
-		more = q_msg_forget_delivered(t, 9, &pos, 700, &n, err,
-			sizeof err);
+		more = q_msg_forget(t, 9, Q_FORGET_DELIVERED, &pos, 700, &n,
+			err, sizeof err);
 		assert_true(more >= 0);
 		assert_true(n <= 700);
 		total += n;
@@ -325,11 +332,21 @@ static void test_forget_delivered(void **state)
 		assert_int_equal(q_commit(t, err, sizeof err), 0);
 	} while (more == 1);
 	assert_int_equal(total, 2000);
-	assert_int_equal(chunks, 5);     /* 3000 records / 700 */
+	assert_int_equal(chunks, 5);     /* 3010 records / 700 */
 	t = wtxn(q);
-	pos = 0;   /* a second pass finds nothing more to forget */
-	assert_int_equal(q_msg_forget_delivered(t, 9, &pos, 0, &n, err,
+	struct q_msg w;
+	const void *bp;
+	size_t bl;
+	assert_int_equal(q_msg_get(t, q_id(9, 3 | Q_WA_BIT), &w), 1);
+	pos = 0;   /* the standby ones, with their bodies */
+	assert_int_equal(q_msg_forget(t, 9, Q_FORGET_STANDBY, &pos, 0, &n, err,
 		sizeof err), 0);
+	assert_int_equal(n, 10);
+	assert_int_equal(q_msg_get(t, q_id(9, 3 | Q_WA_BIT), &w), 0);
+	assert_int_equal(q_body_get(t, q_id(9, 3 | Q_WA_BIT), &bp, &bl), 0);
+	pos = 0;   /* a second pass finds nothing more to forget */
+	assert_int_equal(q_msg_forget(t, 9, Q_FORGET_DELIVERED, &pos, 0, &n,
+		err, sizeof err), 0);
 	assert_int_equal(n, 0);
 	struct q_msg o;
 	for (uint32_t i = 0; i < 3000; i++)
