@@ -1223,9 +1223,19 @@ static int qjob_apply(q_txn *t, void *arg, buf_t *events, char *err,
 	x.due = mem_alloc(j->chunk * sizeof *x.due);
 	j->more = false;
 	j->chunk_n = 0;
-	int rc = q_campaign_each(t, qjob_campaign_each, &x, err, errlen);
-	if (rc == 0 && x.rc < 0)
-		rc = x.rc;
+	int rc = 0;
+	struct q_msg one;
+	if (j->f.msg) {
+		/* One message: its due entry is where its record says. */
+		if (q_msg_get(t, j->f.msg, &one) == 1)
+			x.due[x.ndue++] = (struct q_due){ q_id_cid(j->f.msg),
+				one.due_ms, q_id_idx(j->f.msg),
+				(q_id_idx(j->f.msg) & Q_WA_BIT) ? 1 : 0 };
+	} else {
+		rc = q_campaign_each(t, qjob_campaign_each, &x, err, errlen);
+		if (rc == 0 && x.rc < 0)
+			rc = x.rc;
+	}
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	double tsd = (double)ts.tv_sec + ts.tv_nsec / 1e9;

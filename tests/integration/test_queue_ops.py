@@ -159,6 +159,16 @@ def main():
         deleted = json.loads(r.stdout)["messages"]
         check("queue delete over 25,000 messages, in chunks",
               deleted == (big + 2) // 3, r.stdout.decode())
+        one = e.req({"op": "queue", "action": "list", "campaign": h,
+                     "state": "queued", "limit": 1})["messages"][0]["msg"]
+        r = e.cli("queue", "delete", "--msg", one)
+        r2 = e.cli("queue", "delete", "--msg", one)
+        check("queue delete --msg: that message, once",
+              json.loads(r.stdout)["messages"] == 1 and
+              json.loads(r2.stdout)["messages"] == 0 and
+              e.req({"op": "queue", "action": "show", "msg": one})[
+                  "state"] == "cancelled", r.stdout.decode())
+        deleted += 1
         check("each deletion in the event log", sum(
             1 for x in e.events_list() if x.get("event") == "deleted" and
             x.get("campaign") == h) == deleted)
