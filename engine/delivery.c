@@ -149,6 +149,8 @@ struct dsite {
 	char last_reply[208];
 	uint64_t sent;              /* messages handed to sessions */
 	ev_timer wake;              /* tokens, suspension end, step up */
+	struct dsite *slot_next;    /* waiting for an engine-wide slot */
+	bool slot_wait;
 };
 
 /* A local address to send from ([smtp] source). */
@@ -187,6 +189,10 @@ struct dl {
 	struct dsource *src;
 	size_t nsrc;
 	size_t src_rr;
+	/* Sites that wanted a session while every engine-wide slot ([smtp]
+	 * max_connections) was taken, in order: a session that ends hands
+	 * its slot to the first. */
+	struct dsite *slot_head, **slot_tail;
 
 	struct dcamp *camps;
 	ht_set inflight;
@@ -209,6 +215,7 @@ struct dl {
 
 static void pull(struct dl *d);
 static void site_kick(struct dl *d, struct dsite *st);
+static void slot_kick(struct dl *d);
 static void wa_claim(struct dl *d, struct dmsg *m);
 static void wa_send_claimed(struct dl *d, struct dmsg *m);
 
@@ -1260,6 +1267,7 @@ static void sess_ended(void *owner, struct smtp_session *s,
 	}
 	free(x);
 	if (!d->draining) {
+		slot_kick(d);
 		site_kick(d, st);
 		ev_timer_start(d->loop, &d->soon);
 	}
@@ -1397,8 +1405,35 @@ static void site_kick(struct dl *d, struct dsite *st)
 			continue;
 		}
 	}
+	/* Stopped by the engine-wide cap while it could use another
+	 * session: wait in line for the next slot. */
+	if (!d->draining && !st->slot_wait && st->queued > 0 &&
+	    d->nsess >= d->cf->max_connections && now >= st->backoff_until &&
+	    st->nsess - st->nquitting < site_conn_now(st) &&
+	    !(st->nsess > 0 && st->nsess >= st->queued)) {
+		st->slot_wait = true;
+		st->slot_next = NULL;
+		*d->slot_tail = st;
+		d->slot_tail = &st->slot_next;
+	}
 	if (st->queued && now < st->backoff_until)
 		site_arm(d, st, st->backoff_until - now + 0.01);
+}
+
+/* Engine-wide slots freed: the sites waiting for one, in order. A site
+ * kicked either opens a session or does not wait again unless the slots
+ * are all taken, so this ends. */
+static void slot_kick(struct dl *d)
+{
+	while (d->slot_head && d->nsess < d->cf->max_connections &&
+	    !d->draining) {
+		struct dsite *st = d->slot_head;
+		d->slot_head = st->slot_next;
+		if (!d->slot_head)
+			d->slot_tail = &d->slot_head;
+		st->slot_wait = false;
+		site_kick(d, st);
+	}
 }
 
 static void site_wake_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1765,6 +1800,7 @@ dl *dl_new(struct ev_loop *loop, const struct cf *cf, q_env *q, cm *c,
 	d->cm = c;
 	d->ev = ev;
 	d->env = *env;
+	d->slot_tail = &d->slot_head;
 	d->z = q_zctx_new();
 	set_policy(d, cf);
 	if (make_sources(d, cf, err, errlen) < 0) {

@@ -27,7 +27,7 @@ CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 NET = "127.10.11"
 DNS, DNS_PORT = f"{NET}.53", 5353
 MX = {"google": f"{NET}.1", "yahoo": f"{NET}.3", "uol": f"{NET}.4",
-      "rated": f"{NET}.5", "conns": f"{NET}.6"}
+      "rated": f"{NET}.5", "conns": f"{NET}.6", "cap": f"{NET}.7"}
 SOURCES = [f"{NET}.101", f"{NET}.102"]
 failures = 0
 
@@ -60,7 +60,13 @@ def main():
                   "mx-host=yahoo.test,mx1.yahoo.shape.test,10",
                   "mx-host=uol.test,mx1.uol.shape.test,10",
                   "mx-host=rated.test,mx1.rated.shape.test,10",
-                  "mx-host=conns.test,mx1.conns.shape.test,10"]
+                  "mx-host=conns.test,mx1.conns.shape.test,10",
+                  # Two sites (different MX hosts) on one sink listener:
+                  # its peak is their connections together.
+                  f"host-record=mx1.capa.shape.test,{MX['cap']}",
+                  f"host-record=mx1.capb.shape.test,{MX['cap']}",
+                  "mx-host=capa.test,mx1.capa.shape.test,10",
+                  "mx-host=capb.test,mx1.capb.shape.test,10"]
         start_dnsmasq(w, DNS, DNS_PORT, lines, "gmail.test")
         stats_path = w.path("sink-stats.json")
         sink = w.start([SINK,
@@ -69,6 +75,7 @@ def main():
                         "-l", f"{MX['uol']}:25",
                         "-l", f"{MX['rated']}:25",
                         "-l", f"{MX['conns']}:25",
+                        "-l", f"{MX['cap']}:25,delay=20",
                         "--ready-file", w.path("sink.ready"),
                         "--stats", stats_path], "sink")
         w.wait_file(sink, "sink", w.path("sink.ready"))
@@ -351,6 +358,23 @@ max_messages_per_connection = 1
         quit_ = conn1["quit"] - conn0["quit"]
         check("reload in flight: no session dropped (each ended with QUIT)",
               opened > 0 and quit_ == opened, f"{opened} opened, {quit_} QUIT")
+
+        # 8. The engine-wide connection cap ([smtp] max_connections, set by
+        #    a reload): two sites allowed 10 connections each, on one sink
+        #    listener, never see more than 3 together.
+        with open(e.conf, "w") as f:
+            f.write(text.replace("site_max_connections = 10",
+                                 "site_max_connections = 10\n"
+                                 "max_connections = 3"))
+        e.cli("config", "reload")
+        cp = campaign("cap", [f"c{i}@{'capa' if i % 2 else 'capb'}.test"
+                              for i in range(120)])
+        c = e.wait_done(cp, 120)
+        st = sink_stats()[MX["cap"]]
+        check("engine-wide cap: 120 delivered over two sites, at most 3 "
+              "connections at once", c["delivered"] == 120 and
+              2 <= st["connections"]["peak"] <= 3, json.dumps(
+                  st["connections"]))
     finally:
         w.close()
     print(f"{'FAIL' if failures else 'PASS'}: {failures} failed")
