@@ -708,13 +708,10 @@ int q_msg_forget(q_txn *t, uint32_t cid, unsigned what, uint64_t *pos,
 		int st = v.mv_size > 0 ? ((const unsigned char *)v.mv_data)[0] : 0;
 		if ((st == Q_DELIVERED && (what & Q_FORGET_DELIVERED)) ||
 		    (st == Q_STANDBY && (what & Q_FORGET_STANDBY))) {
-			if (st == Q_STANDBY) {
-				unsigned char bk[8];
-				id_key(bk, id);
-				MDB_val b = { 8, bk };
-				rc = mdb_del(t->txn, t->q->dbi[T_BODIES], &b, NULL);
-				if (rc != 0 && rc != MDB_NOTFOUND)
-					break;
+			if (st == Q_STANDBY &&
+			    (rc = q_body_del(t, id, err, errlen)) != 0) {
+				mdb_cursor_close(cur);
+				return rc;
 			}
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
 				break;

@@ -25,23 +25,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, wait_until  # noqa: E402
+from carteiro_test import check, finish, Engine, World, wait_until  # noqa: E402
 
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 3000
 KILLS = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 ADDR, PORT = "127.10.3.1", 2526
 MAX_ACTIVE = 200
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2000])
 
 
 def write_contacts(path, n, prefix):
@@ -165,8 +155,7 @@ site_max_connections = 8
               f"{dups} > {sum(in_flight)}")
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, port_open, wait_until  # noqa: E402
+from carteiro_test import check, finish, Engine, World, port_open, wait_until  # noqa: E402
 
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 MX1, MX2, DNS = "127.10.1.1", "127.10.1.2", "127.10.1.53"
@@ -44,16 +44,6 @@ LAST = ["Silva", "Gonçalves", "Araújo", "Conceição", "Magalhães", "Brandão
 CITY = ["São Paulo", "Belém", "Florianópolis", "Maceió", "Goiânia",
         "Ribeirão Preto", "Niterói"]
 
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2000])
 
 
 def _try(f):
@@ -369,8 +359,7 @@ max_age = 3s
         e.stop()
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

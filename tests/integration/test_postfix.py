@@ -16,21 +16,11 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World  # noqa: E402
+from carteiro_test import check, finish, Engine, World  # noqa: E402
 
 CARTEIRO, PEER, GEN_CERTS = map(os.path.abspath, sys.argv[1:4])
 ADDR, PORT = "127.10.7.1", 2529
 N = 20
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2000])
 
 
 def main():
@@ -94,8 +84,7 @@ def main():
         if started:
             subprocess.run([PEER, "stop", pdir])
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

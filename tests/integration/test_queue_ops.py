@@ -13,20 +13,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, wait_until  # noqa: E402
+from carteiro_test import check, finish, Engine, World, wait_until  # noqa: E402
 
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 ADDR, PORT = "127.10.4.1", 2527
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2000])
 
 
 def main():
@@ -218,8 +208,7 @@ def main():
         e.stop()
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

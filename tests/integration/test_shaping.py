@@ -21,7 +21,7 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, start_dnsmasq, wait_until  # noqa
+from carteiro_test import check, finish, Engine, World, start_dnsmasq, wait_until  # noqa
 
 CARTEIRO, SINK = map(os.path.abspath, sys.argv[1:3])
 NET = "127.10.11"
@@ -29,16 +29,6 @@ DNS, DNS_PORT = f"{NET}.53", 5353
 MX = {"google": f"{NET}.1", "yahoo": f"{NET}.3", "uol": f"{NET}.4",
       "rated": f"{NET}.5", "conns": f"{NET}.6", "cap": f"{NET}.7"}
 SOURCES = [f"{NET}.101", f"{NET}.102"]
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:3000])
 
 
 def epoch(ts):
@@ -377,8 +367,7 @@ max_messages_per_connection = 1
                   st["connections"]))
     finally:
         w.close()
-    print(f"{'FAIL' if failures else 'PASS'}: {failures} failed")
-    return 1 if failures else 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, start_dnsmasq, wait_until  # noqa
+from carteiro_test import check, finish, Engine, World, start_dnsmasq, wait_until  # noqa
 
 CARTEIRO, SINK, GEN_CERTS = map(os.path.abspath, sys.argv[1:4])
 DNS, DNS_PORT = "127.10.5.53", 5354
-failures = 0
 
 # domain: (address suffix, sink options)
 CASES = {
@@ -50,15 +49,6 @@ CASES = {
     "resume": (19, ""),
 }
 PER = 4    # contacts per case
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2500])
 
 
 def main():
@@ -192,8 +182,7 @@ max_connections = 1
         e.stop()
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

@@ -11,19 +11,9 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World  # noqa: E402
+from carteiro_test import check, finish, Engine, World  # noqa: E402
 
 BIN = os.path.abspath(sys.argv[1])
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}")
 
 
 def main():
@@ -160,8 +150,7 @@ def main():
               b"sync = group" in r.stdout, r.stdout.decode()[:200])
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

@@ -23,22 +23,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from carteiro_test import Engine, World, wait_until  # noqa: E402
+from carteiro_test import check, finish, Engine, World, wait_until  # noqa: E402
 
 CARTEIRO, SINK, DOUBLE = map(os.path.abspath, sys.argv[1:4])
 WA_ADDR, WA_PORT = "127.10.9.1", 8099
 OK_ADDR, BOUNCE_ADDR, PORT = "127.10.9.2", "127.10.9.3", 2532
 TOKEN = "EAAtest-token-0123456789"
-failures = 0
-
-
-def check(name, cond, detail=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name} {detail}"[:2500])
 
 
 def main():
@@ -249,8 +239,7 @@ rate = 0
         e.stop()
     finally:
         w.close()
-    print(f"{failures} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(finish())
 
 
 main()

@@ -14,6 +14,24 @@ import tempfile
 import time
 
 
+_failed = [0]
+
+
+def check(name, cond, detail=""):
+    """One TAP-like line: "ok - NAME" or "not ok - NAME DETAIL"."""
+    if cond:
+        print(f"ok - {name}")
+    else:
+        _failed[0] += 1
+        print(f"not ok - {name} {detail}"[:3000])
+
+
+def finish():
+    """Print how many checks failed; the exit status for sys.exit()."""
+    print(f"{_failed[0]} failed")
+    return 1 if _failed[0] else 0
+
+
 def wait_until(what, cond, limit=30.0, step=0.02):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:

@@ -60,6 +60,25 @@ static void run(struct ctx *c)
 	ev_timer_stop(c->loop, &to);
 }
 
+/* A fresh spool in a temporary directory (`dir`). */
+static q_env *open_spool(size_t map_size, int sync)
+{
+	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	struct q_config qc = { dir, map_size, 0, sync };
+	q_env *q;
+	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	return q;
+}
+
+static void remove_spool(q_env *q)
+{
+	q_close(q);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 #define N 1000
 
 static int count_due(void *arg, const struct q_due *d)
@@ -72,12 +91,8 @@ static int count_due(void *arg, const struct q_due *d)
 static void test_outcomes(void **state)
 {
 	(void)state;
-	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
-	assert_non_null(mkdtemp(dir));
+	q_env *q = open_spool(1 << 26, Q_SYNC_GROUP);
 	snprintf(logpath, sizeof logpath, "%s/events.log", dir);
-	struct q_config qc = { dir, 1 << 26, 0, Q_SYNC_GROUP };
-	q_env *q;
-	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
 	evlog *ev = evlog_open(logpath, err, sizeof err);
 	assert_non_null(ev);
 
@@ -172,11 +187,8 @@ static void test_outcomes(void **state)
 	assert_int_equal(lines, N);
 
 	evlog_close(ev);
-	q_close(q);
 	ev_loop_destroy(c.loop);
-	char cmd[200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	remove_spool(q);
 }
 
 /* sync = full: every outcome is its own transaction, committed (and
@@ -184,11 +196,7 @@ static void test_outcomes(void **state)
 static void test_full_mode(void **state)
 {
 	(void)state;
-	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
-	assert_non_null(mkdtemp(dir));
-	struct q_config qc = { dir, 1 << 24, 0, Q_SYNC_FULL };
-	q_env *q;
-	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	q_env *q = open_spool(1 << 24, Q_SYNC_FULL);
 	evlog *ev = evlog_open("", err, sizeof err);
 	q_txn *t;
 	assert_int_equal(q_begin(q, true, &t, err, sizeof err), 0);
@@ -215,11 +223,8 @@ static void test_full_mode(void **state)
 	assert_int_equal(cm_transactions(com), 50);
 	cm_free(com);
 	evlog_close(ev);
-	q_close(q);
 	ev_loop_destroy(c.loop);
-	char cmd[200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	remove_spool(q);
 }
 
 /* A job in chunks: each chunk its own transaction, committed() after each,
@@ -278,11 +283,7 @@ static int count_msg(void *arg, uint64_t id, const struct q_msg *m)
 static void test_chunked_job(void **state)
 {
 	(void)state;
-	snprintf(dir, sizeof dir, "/tmp/carteiro-test-commit-XXXXXX");
-	assert_non_null(mkdtemp(dir));
-	struct q_config qc = { dir, 1 << 24, 0, Q_SYNC_GROUP };
-	q_env *q;
-	assert_int_equal(q_open(&qc, &q, err, sizeof err), 0);
+	q_env *q = open_spool(1 << 24, Q_SYNC_GROUP);
 	evlog *ev = evlog_open("", err, sizeof err);
 	struct ctx c = { .loop = ev_loop_new(EVFLAG_AUTO) };
 	struct cm_ops ops = { done_cb };
@@ -320,11 +321,8 @@ static void test_chunked_job(void **state)
 
 	cm_free(com);
 	evlog_close(ev);
-	q_close(q);
 	ev_loop_destroy(c.loop);
-	char cmd[200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	remove_spool(q);
 }
 
 int main(void)
